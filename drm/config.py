@@ -1,0 +1,226 @@
+"""Typed, validated parameters: params.yaml is checked once, at load, against these models.
+
+Every section is a pydantic model with extra="forbid": a misspelt key, a wrong type or an
+out-of-range value fails with a message naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from drm.describe.openai_config import OpenAIConfig
+from drm.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorldConfig(Strict):
+    """The embedded synthetic world (see drm/world.py for what each knob does)."""
+
+    seed: int = 0
+    canvas: int = Field(64, ge=16, le=256)
+    image_size: int = Field(32, ge=8, le=224)
+    n_pretrain: int = Field(24000, ge=16)
+    n_train: int = Field(4000, ge=8)
+    n_id_val: int = Field(1000, ge=8)
+    n_id_test: int = Field(2000, ge=8)
+    n_ood_val: int = Field(1000, ge=8)
+    n_ood_test: int = Field(2500, ge=8)
+    spurious_rate: float = Field(0.9, ge=0.0, le=1.0)
+    caption_context_rate: float = Field(0.7, ge=0.0, le=1.0)
+    contrast: tuple[float, float] = (0.3, 1.0)
+    noise: tuple[float, float] = (0.05, 0.08)
+    radius: tuple[float, float] = (0.16, 0.30)  # object radius as a fraction of the canvas
+    train_styles: list[str] = ["filled"]
+    unclear_rate: float = Field(0.15, ge=0.0, le=1.0)  # small/faint objects in downstream splits
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("contrast", "noise", "radius"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"world.{name} must be [low, high] with 0 <= low <= high <= 1")
+        from drm.world import STYLES
+
+        bad = [s for s in self.train_styles if s not in STYLES]
+        if bad or not self.train_styles or len(set(self.train_styles)) == len(STYLES):
+            raise ValueError(f"world.train_styles must be a non-empty proper subset of {STYLES}")
+        return self
+
+
+class PretrainConfig(Strict):
+    arch: dict = Field(default_factory=lambda: {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 64},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+    })
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(2e-3, gt=0, le=1)
+    wd: float = Field(0.1, ge=0)
+    warmup: int = Field(50, ge=0)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = Field(0, ge=0)  # 0: torch's default
+
+
+class ModelConfig(Strict):
+    """The pre-trained model every downstream stage starts from: any open_clip name."""
+
+    name: str = "local-dir:models/pretrained"  # e.g. ViT-B-16
+    pretrained: str | None = None  # e.g. openai (ignored for local-dir:)
+
+
+class DataConfig(Strict):
+    source: Literal["world", "imagefolder", "iwildcam", "fmow"] = "world"
+    root: str = "data/world"
+    num_workers: int = Field(0, ge=0)
+
+
+class FileDescribeConfig(Strict):
+    pass
+
+
+class DescribeConfig(Strict):
+    provider: str = "world"
+    per_class: int = Field(5, ge=1, le=100)
+    file: str | None = None
+    overrides: str | None = None
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+
+    @model_validator(mode="after")
+    def _provider(self):
+        from drm.describe import PROVIDERS
+
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"describe.provider {self.provider!r} is unknown; choose one of {sorted(PROVIDERS)}")
+        if self.provider == "file" and not self.file:
+            raise ValueError("describe.provider 'file' needs describe.file (path to a JSON file)")
+        return self
+
+
+ESTIMATORS = ("weighted", "soft", "ratio")
+
+
+class ZeroshotConfig(Strict):
+    templates: list[str] = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}."]
+    batch_size: int = Field(512, ge=1)
+    ratio_clip: float = Field(5.0, gt=0)
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _templates(self):
+        if not self.templates or any("{c}" not in t for t in self.templates):
+            raise ValueError("zeroshot.templates must be a non-empty list of strings containing '{c}'")
+        return self
+
+
+LOSSES = ("erm", "drm", "distill")
+
+
+class MethodConfig(Strict):
+    loss: Literal["erm", "drm", "distill"]
+    lam: float = Field(1.0, ge=0)
+    estimator: Literal["weighted", "soft", "ratio"] = "soft"
+
+
+class FinetuneConfig(Strict):
+    methods: list[str] = ["erm", "drm", "distill"]
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(3e-4, gt=0, le=1)
+    wd: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: int = Field(0, ge=0)
+
+
+class WiseConfig(Strict):
+    alphas: list[float] = [0.0, 0.5, 1.0]
+
+    @model_validator(mode="after")
+    def _alphas(self):
+        if not self.alphas or any(not 0 <= a <= 1 for a in self.alphas):
+            raise ValueError("wise.alphas must be a non-empty list of numbers in [0, 1]")
+        if 1.0 not in self.alphas:
+            raise ValueError("wise.alphas must include 1.0 (the fine-tuned model itself)")
+        return self
+
+
+class EvaluateConfig(Strict):
+    beta: float = Field(0.5, ge=0, le=1)
+    group_by: list[str] = ["style", "bg"]
+    batch_size: int = Field(512, ge=1)
+
+
+class ReportConfig(Strict):
+    id_split: str = "id_test"
+    ood_split: str = "ood_test"
+    head: Literal["df", "cd", "dual"] = "dual"
+
+
+class Params(Strict):
+    seeds: list[int] = [0, 1, 2]
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    describe: DescribeConfig = Field(default_factory=DescribeConfig)
+    zeroshot: ZeroshotConfig = Field(default_factory=ZeroshotConfig)
+    methods: dict[str, MethodConfig] = Field(default_factory=lambda: {
+        "erm": MethodConfig(loss="erm"),
+        "drm": MethodConfig(loss="drm", lam=1.0, estimator="soft"),
+        "distill": MethodConfig(loss="distill", lam=1.0),
+    })
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    wise: WiseConfig = Field(default_factory=WiseConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _methods(self):
+        unknown = [m for m in self.finetune.methods if m not in self.methods]
+        if unknown:
+            raise ValueError(
+                f"finetune.methods names {unknown}, which are not defined under 'methods' "
+                f"(defined: {sorted(self.methods)})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return self
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params.yaml for the allowed keys)"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden"
+                     else f"  {loc}: {msg}")
+    return "invalid parameters:\n" + "\n".join(lines)
+
+
+def parse_params(raw: dict) -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+
+
+def load_params(path="params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return parse_params(raw)

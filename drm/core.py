@@ -1,0 +1,48 @@
+"""Core estimates: how much of each training label the pre-trained model explains with core
+features alone (its cd zero-shot prediction). Computed once, before fine-tuning.
+
+Estimators, by name (ESTIMATORS):
+- weighted: per-sample weight of the true label from the pre-trained cd affinities with
+  affinity normalisation: a(x, y) = cos(image x, cd text of y), divided by the largest
+  a(x', y) over training images x' of class y, clamped to [0, 1].
+- soft: the pre-trained cd zero-shot distribution p_c(.|x) as soft targets.
+- ratio: importance weight p_c(y|x) / p_df(y|x), clipped to [0, ratio_clip].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def affinity_weights(features: torch.Tensor, cd_head: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Affinity-normalised true-label weights in [0, 1] (features, head rows: unit vectors)."""
+    a = (F.normalize(features, dim=-1) * cd_head[y]).sum(-1)
+    C = cd_head.shape[0]
+    best = torch.full((C,), float("-inf")).scatter_reduce(0, y, a, reduce="amax")
+    denom = best[y]
+    w = torch.where(denom > 0, a / denom, torch.zeros_like(a))
+    return w.clamp(0.0, 1.0)
+
+
+def soft_targets(cd_logits: torch.Tensor) -> torch.Tensor:
+    return cd_logits.float().softmax(-1)
+
+
+def ratio_weights(cd_logits, df_logits, y, clip: float) -> torch.Tensor:
+    p_c = cd_logits.float().softmax(-1).gather(1, y[:, None])[:, 0]
+    p_df = df_logits.float().softmax(-1).gather(1, y[:, None])[:, 0]
+    return (p_c / p_df.clamp_min(1e-12)).clamp(0.0, clip)
+
+
+ESTIMATORS = ("weighted", "soft", "ratio")
+
+
+def core_estimates(features, cd_head, df_logits, cd_logits, y, ratio_clip: float) -> dict:
+    """Every estimator's output for the training set (plus the df distribution for the
+    distillation control), as tensors keyed by column name of core.parquet."""
+    return {
+        "weighted": affinity_weights(features, cd_head, y),
+        "ratio": ratio_weights(cd_logits, df_logits, y, ratio_clip),
+        "soft": soft_targets(cd_logits),
+        "df_soft": df_logits.float().softmax(-1),
+    }

@@ -1,0 +1,93 @@
+"""Data sources: one interface for the embedded world and real datasets.
+
+A DataSource knows its class names, its splits (each with a role: train, id or ood) and
+how to load a split as a `Split`: a torch Dataset yielding (image tensor, label) through
+the model's own transform, plus a metadata frame (one row per sample, same order) with a
+stable string `id`, the label `y` and group columns for worst-group metrics. Images are
+read lazily, per item, so the same code path serves DataLoader workers on real data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from torch.utils.data import Dataset
+
+from drm.errors import ConfigError
+
+ROLES = ("train", "id", "ood")
+
+
+@dataclass
+class Split:
+    name: str
+    role: str
+    meta: pd.DataFrame  # columns: id (str), y (int), group columns
+    dataset: Dataset  # item i -> (image tensor, y) for meta row i
+
+
+@dataclass
+class DataSource:
+    """Base class; subclasses fill classnames/splits and implement `load`."""
+
+    root: Path
+    classnames: list[str] = field(default_factory=list)
+    splits: dict[str, str] = field(default_factory=dict)  # split name -> role
+    group_columns: list[str] = field(default_factory=list)
+    core_traits: dict[str, list[str]] | None = None
+    headline: str = "accuracy"  # the benchmark's headline metric name
+
+    def load(self, split: str, transform: Callable | None = None) -> Split:
+        raise NotImplementedError
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ConfigError(f"split {split!r} is not in this data source; available: {list(self.splits)}")
+
+    def benchmark_metrics(self, split: str, meta: pd.DataFrame, y_pred) -> dict[str, float]:
+        """Metrics as the benchmark defines them (e.g. WILDS' eval); {} for none extra."""
+        return {}
+
+    def splits_with_role(self, role: str) -> list[str]:
+        return [s for s, r in self.splits.items() if r == role]
+
+
+def _world(cfg, base_dir):
+    from drm.datasets.world import WorldSource
+
+    return WorldSource.open(Path(base_dir) / cfg.root)
+
+
+def _imagefolder(cfg, base_dir):
+    from drm.datasets.folder import ImageFolderSource
+
+    return ImageFolderSource.open(Path(base_dir) / cfg.root)
+
+
+def _iwildcam(cfg, base_dir):
+    from drm.datasets.wilds_data import IWildCamSource
+
+    return IWildCamSource.open(Path(base_dir) / cfg.root)
+
+
+def _fmow(cfg, base_dir):
+    from drm.datasets.wilds_data import FMoWSource
+
+    return FMoWSource.open(Path(base_dir) / cfg.root)
+
+
+SOURCES: dict[str, Callable] = {
+    "world": _world,
+    "imagefolder": _imagefolder,
+    "iwildcam": _iwildcam,
+    "fmow": _fmow,
+}
+
+
+def open_source(cfg, base_dir=".") -> DataSource:
+    """Open the data source named by cfg.source (params.yaml: data)."""
+    if cfg.source not in SOURCES:
+        raise ConfigError(f"data.source {cfg.source!r} is unknown; choose one of {sorted(SOURCES)}")
+    return SOURCES[cfg.source](cfg, base_dir)

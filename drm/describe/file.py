@@ -1,0 +1,74 @@
+"""The `file` provider: import published descriptions (e.g. the DRM authors' JSON files).
+
+Accepted shape: a JSON object mapping class index (as "0", "1", ...) or class name to a
+string or a list of strings. The official iWildCam/ImageNet files map index -> one
+sentence; FMoW maps name -> a list of 6.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from drm.describe import DescribeContext, DescribeResult
+from drm.errors import DescriptionsError
+
+
+def read_class_mapping(path, classnames: list[str], require_all: bool = True) -> dict[str, list[str]]:
+    path = Path(path)
+    if not path.exists():
+        raise DescriptionsError(f"descriptions file {path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DescriptionsError(f"{path} is not valid JSON: {e}") from e
+    if isinstance(raw, dict) and "descriptions" in raw and "schema_version" in raw:
+        raw = raw["descriptions"]  # our own schema
+    if not isinstance(raw, dict):
+        raise DescriptionsError(f"{path}: expected a JSON object class -> description(s)")
+    index = {c: i for i, c in enumerate(classnames)}
+    lowered = {c.lower(): c for c in classnames}
+    out: dict[str, list[str]] = {}
+    unknown = []
+    for key, value in raw.items():
+        name = None
+        if key in index:
+            name = key
+        elif key.lower() in lowered:
+            name = lowered[key.lower()]
+        elif key.strip().isdigit() and int(key) < len(classnames):
+            name = classnames[int(key)]
+        if name is None:
+            unknown.append(key)
+            continue
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise DescriptionsError(f"{path}: class {key!r} must map to a string or a list of strings")
+        out[name] = value
+    if unknown:
+        raise DescriptionsError(
+            f"{path}: {len(unknown)} key(s) match no class index or name: {unknown[:10]}")
+    if require_all:
+        missing = [c for c in classnames if c not in out]
+        if missing:
+            raise DescriptionsError(
+                f"{path} is missing {len(missing)} class(es): {missing[:10]}; "
+                "add them or supply describe.overrides")
+    return out
+
+
+@dataclass
+class FileProvider:
+    path: Path
+    name: str = "file"
+
+    @classmethod
+    def from_config(cls, cfg, ctx: DescribeContext):
+        if not cfg.file:
+            raise DescriptionsError("describe.provider is 'file' but describe.file (a JSON path) is not set")
+        return cls(Path(ctx.base_dir) / cfg.file)
+
+    def describe(self, classnames: list[str]) -> DescribeResult:
+        mapping = read_class_mapping(self.path, classnames)
+        return DescribeResult(mapping, {"source_file": str(self.path)})

@@ -1,0 +1,93 @@
+"""The `evaluate` stage: metrics for zero-shot and every fine-tuned run, from stored logits.
+
+For each (method, seed, WiSE alpha, split) and head (df, cd, dual with weight beta):
+accuracy, macro-F1, worst-group accuracy for each grouping in evaluate.group_by (and over
+the class), per-class accuracy, plus the data source's benchmark metrics. No model runs
+here, so changing beta reruns only this stage and the report.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from drm.errors import ConfigError, DRMError, require
+from drm.inference import column_to_tensor
+from drm.metrics import accuracy, dual_probs, macro_f1, per_class_accuracy, worst_group_accuracy
+
+HEADS = ("df", "cd", "dual")
+
+
+def head_predictions(table, beta: float) -> dict:
+    df = column_to_tensor(table, "df")
+    cd = column_to_tensor(table, "cd")
+    return {"df": df.argmax(-1).numpy(), "cd": cd.argmax(-1).numpy(),
+            "dual": dual_probs(df, cd, beta).argmax(-1).numpy()}
+
+
+def split_metrics(y, pred, meta, group_by, source, split) -> dict:
+    row = {"accuracy": accuracy(y, pred), "macro_f1": macro_f1(y, pred),
+           "worst_class_accuracy": min(per_class_accuracy(y, pred).values())}
+    for g in group_by:
+        row[f"worst_{g}_accuracy"] = worst_group_accuracy(y, pred, meta[g].to_numpy())
+    row.update({f"bench_{k}": v for k, v in source.benchmark_metrics(split, meta, pred).items()})
+    return row
+
+
+def evaluate_table(table, method, seed, alpha, source, metas, cfg) -> list[dict]:
+    rows = []
+    frame = table.select(["split", "id"]).to_pandas()
+    for split in frame["split"].unique():
+        if source.splits.get(split) == "train":
+            continue
+        mask = (frame["split"] == split).to_numpy()
+        sub = table.filter(pa.array(mask))
+        meta = metas[split]
+        ids = sub.column("id").to_pylist()
+        if ids != meta["id"].astype(str).tolist():
+            meta = meta.set_index(meta["id"].astype(str)).loc[ids].reset_index(drop=True)
+        y = sub.column("y").to_numpy()
+        preds = head_predictions(sub, cfg.beta)
+        for head in HEADS:
+            rows.append({"method": method, "seed": seed, "alpha": alpha, "split": split,
+                         "role": source.splits[split], "head": head,
+                         **split_metrics(y, preds[head], meta, cfg.group_by, source, split)})
+    return rows
+
+
+def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv, out_json) -> pd.DataFrame:
+    """runs: (method, seed) -> run directory holding predictions.parquet."""
+    metas = {s: source.load(s).meta for s, r in source.splits.items() if r != "train"}
+    missing = [g for g in cfg.group_by if any(g not in m.columns for m in metas.values())]
+    if missing:
+        raise ConfigError(f"evaluate.group_by names {missing}, which the data has no column for; "
+                          f"available: {sorted(source.group_columns)}")
+    rows = []
+    zs = pq.read_table(require(Path(zs_dir) / "logits.parquet", "zeroshot"))
+    rows += evaluate_table(zs, "zeroshot", -1, 0.0, source, metas, cfg)
+    for (method, seed), run_dir in sorted(runs.items()):
+        table = pq.read_table(require(Path(run_dir) / "predictions.parquet", f"finetune@{method}-{seed}"))
+        for alpha in sorted(set(table.column("alpha").to_pylist())):
+            mask = (table.column("alpha").to_numpy() == alpha)
+            rows += evaluate_table(table.filter(pa.array(mask)), method, seed, float(alpha), source, metas, cfg)
+    if not rows:
+        raise DRMError("nothing to evaluate")
+    frame = pd.DataFrame(rows)
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_csv, index=False)
+    Path(out_json).write_text(json.dumps(summary_metrics(frame), indent=2) + "\n")
+    return frame
+
+
+def summary_metrics(frame: pd.DataFrame) -> dict:
+    """Nested dict for `dvc metrics show/diff`: method[+wiseA] -> split -> head -> mean accuracy."""
+    out: dict = {}
+    for (method, alpha, split, head), g in frame.groupby(["method", "alpha", "split", "head"]):
+        if method != "zeroshot" and alpha not in (1.0, 0.5):
+            continue
+        name = method if alpha == 1.0 or method == "zeroshot" else f"{method}+wise{alpha:g}"
+        out.setdefault(name, {}).setdefault(split, {})[head] = round(float(g["accuracy"].mean()), 4)
+    return out

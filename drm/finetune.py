@@ -1,0 +1,150 @@
+"""Fine-tuning (the `finetune` stage): one method, one seed, from the pre-trained model.
+
+Every method trains the same DualHeadClassifier (image tower + df and cd heads initialised
+from the zero-shot heads); the method only chooses the loss (drm.losses.LOSSES). After
+training, the run predicts df and cd logits on every evaluation split for each WiSE-FT
+alpha, so the evaluate stage never runs a model and beta never reruns training.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from drm.errors import DRMError, require
+from drm.inference import column_to_tensor, encode_split, logits_table
+from drm.losses import get_loss
+from drm.models import DualHeadClassifier, save_state, wise_state
+from drm.train_utils import autocast, cosine_with_warmup, resolve_device, seed_everything, set_threads
+
+
+class Indexed(Dataset):
+    """Wraps a dataset so items carry their index (to look up per-sample core estimates)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x, y, i
+
+
+def load_core(zs_dir, meta) -> dict[str, torch.Tensor]:
+    """core.parquet aligned to the training split's meta order (by sample id)."""
+    table = pq.read_table(require(Path(zs_dir) / "core.parquet", "zeroshot"))
+    ids = table.column("id").to_pylist()
+    pos = {i: k for k, i in enumerate(ids)}
+    missing = [i for i in meta["id"].astype(str) if i not in pos]
+    if missing:
+        raise DRMError(f"core.parquet lacks {len(missing)} training sample(s) (e.g. {missing[:3]}): "
+                       "the data changed since the zeroshot stage ran; rerun `dvc repro zeroshot`")
+    order = torch.tensor([pos[i] for i in meta["id"].astype(str)])
+    out = {}
+    for name in ("weighted", "ratio"):
+        out[name] = torch.tensor(table.column(name).to_numpy()).float()[order]
+    for name in ("soft", "df_soft"):
+        out[name] = column_to_tensor(table, name)[order]
+    return out
+
+
+def train(model: DualHeadClassifier, train_split, core, method_cfg, cfg, seed, progress=True, live=None):
+    device = resolve_device(cfg.device)
+    gen = seed_everything(seed)
+    loss_fn = get_loss(method_cfg.loss)
+    loader = DataLoader(Indexed(train_split.dataset), batch_size=cfg.batch_size, shuffle=True,
+                        drop_last=len(train_split.dataset) > cfg.batch_size, generator=gen,
+                        num_workers=cfg_workers(cfg))
+    total = cfg.epochs * len(loader)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.wd)
+    sched = cosine_with_warmup(opt, cfg.warmup_steps, total)
+    model.to(device).train()
+    history = []
+    bar = tqdm(total=total, desc=f"finetune: {method_cfg.loss} seed {seed}", disable=not progress)
+    for epoch in range(cfg.epochs):
+        for x, y, idx in loader:
+            x, y = x.to(device), y.to(device)
+            batch_core = {k: v[idx].to(device) for k, v in core.items()}
+            with autocast(device, cfg.precision):
+                df, cd = model(x)
+            loss = loss_fn(df.float(), cd.float(), y, batch_core, method_cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+            if live is not None:
+                live.log_metric("train/loss", loss.item())
+                live.log_metric("train/lr", sched.get_last_lr()[0])
+                live.next_step()
+        history.append({"epoch": epoch, "loss": loss.item()})
+    bar.close()
+    model.eval().cpu()
+    return history
+
+
+def cfg_workers(cfg) -> int:
+    return getattr(cfg, "num_workers", 0)
+
+
+def predict(model, zeroshot_state, source, transform, alphas, batch_size=512, device="cpu",
+            num_workers=0, progress=True) -> pa.Table:
+    """df/cd logits of WiSE-FT(alpha) models on every non-training split."""
+    finetuned = copy.deepcopy(model.state_dict())
+    tables = []
+    splits = {s: source.load(s, transform) for s, r in source.splits.items() if r != "train"}
+    for alpha in alphas:
+        model.load_state_dict(wise_state(zeroshot_state, finetuned, alpha))
+        model.to(device).eval()
+        for name, split in splits.items():
+            feats = encode_split(model.visual, split, batch_size, device, num_workers, progress,
+                                 desc=f"predict: alpha {alpha} {name}")
+            with torch.no_grad():
+                f = feats.to(device)
+                df = model.logit_scale * f @ model.df.t()
+                cd = model.logit_scale * f @ model.cd.t()
+            tables.append(logits_table(name, split.meta, df.cpu(), cd.cpu(), alpha=float(alpha)))
+    model.load_state_dict(finetuned)
+    return pa.concat_tables(tables)
+
+
+def run_finetune(pretrained_model, heads, source, transforms, method_name, method_cfg, cfg, wise_alphas,
+                 seed, zs_dir, out_dir, num_workers=0, progress=True) -> dict:
+    """Train one (method, seed) run and write model.safetensors, predictions.parquet, run.json."""
+    from drm.tracking import live_logger
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
+    train_tf, eval_tf = transforms
+    df, cd, scale = heads
+    model = DualHeadClassifier(copy.deepcopy(pretrained_model.visual), df, cd, scale)
+    zeroshot_state = copy.deepcopy(model.state_dict())
+    train_split = source.load(next(s for s, r in source.splits.items() if r == "train"), train_tf)
+    core = load_core(zs_dir, train_split.meta)
+    t0 = time.time()
+    with live_logger(str(out / "live")) as live:
+        live.log_params({"method": method_name, "seed": seed, **method_cfg.model_dump(),
+                         **cfg.model_dump(exclude={"methods"})})
+        history = train(model, train_split, core, method_cfg, cfg, seed, progress, live)
+    train_seconds = time.time() - t0
+    save_state(model, out / "model.safetensors")
+    preds = predict(model, zeroshot_state, source, eval_tf, wise_alphas, device=cfg.device,
+                    num_workers=num_workers, progress=progress)
+    pq.write_table(preds, out / "predictions.parquet")
+    info = {"method": method_name, "seed": seed, "method_cfg": method_cfg.model_dump(),
+            "train_seconds": round(train_seconds, 1), "final_loss": history[-1]["loss"],
+            "alphas": list(wise_alphas)}
+    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

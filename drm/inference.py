@@ -1,0 +1,44 @@
+"""Batched image encoding and logits over a Split, shared by zeroshot, finetune and evaluate."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def encode_split(encode_fn, split, batch_size=512, device="cpu", num_workers=0, progress=True,
+                 desc=None) -> torch.Tensor:
+    """L2-normalised image features for every sample of a Split, in meta order."""
+    loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    feats = []
+    for x, _ in tqdm(loader, desc=desc or f"encode {split.name}", disable=not progress, leave=False):
+        feats.append(torch.nn.functional.normalize(encode_fn(x.to(device)).float(), dim=-1).cpu())
+    return torch.cat(feats)
+
+
+def logits_table(split_name: str, meta, df: torch.Tensor, cd: torch.Tensor, **extra) -> pa.Table:
+    """One row per sample: split, id, y, df and cd logits as float32 lists (+ constant extras)."""
+    n = len(meta)
+    cols = {k: pa.array([v] * n) for k, v in extra.items()}
+    cols.update({
+        "split": pa.array([split_name] * n),
+        "id": pa.array(meta["id"].astype(str).tolist()),
+        "y": pa.array(meta["y"].to_numpy().astype(np.int32)),
+        "df": _list_column(df),
+        "cd": _list_column(cd),
+    })
+    return pa.table(cols)
+
+
+def _list_column(t: torch.Tensor) -> pa.Array:
+    arr = t.float().numpy().astype(np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+
+
+def column_to_tensor(table: pa.Table, name: str) -> torch.Tensor:
+    col = table.column(name).combine_chunks()
+    width = col.type.list_size
+    return torch.from_numpy(col.values.to_numpy(zero_copy_only=False).reshape(-1, width).copy())

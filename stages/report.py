@@ -1,0 +1,20 @@
+"""Stage `report`: methods side by side (reports/report.md) and the ID-vs-OOD plot."""
+from drm import cli
+
+
+def main():
+    p = cli.parser(__doc__)
+    p.add_argument("--metrics", default="metrics/all.csv")
+    p.add_argument("--out", default="reports/report.md")
+    p.add_argument("--plot", default="reports/id_vs_ood.png")
+    args = p.parse_args()
+    from drm.config import load_params
+    from drm.report import run_report
+
+    params = load_params(args.params)
+    run_report(args.metrics, params.report, args.out, args.plot)
+    print(f"report: {args.out}, {args.plot}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

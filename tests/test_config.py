@@ -1,0 +1,51 @@
+"""params.yaml is validated once, at load, with messages that name the key."""
+import pytest
+import yaml
+
+from drm.config import load_params, parse_params
+from drm.errors import ConfigError
+
+
+def test_repository_params_file_is_valid():
+    p = load_params("params.yaml")
+    assert p.finetune.methods == ["erm", "drm", "distill"]
+    assert set(p.finetune.methods) <= set(p.methods)
+
+
+@pytest.mark.parametrize("raw, key, words", [
+    ({"finetune": {"lr": -1}}, "finetune.lr", "greater than 0"),
+    ({"finetune": {"epochs": "ten"}}, "finetune.epochs", "integer"),
+    ({"finetune": {"epoch": 3}}, "finetune.epoch", "unknown key"),
+    ({"evaluate": {"beta": 1.5}}, "evaluate.beta", "less than or equal to 1"),
+    ({"methods": {"drm": {"loss": "drm", "estimator": "magic"}}}, "methods.drm.estimator", "weighted"),
+    ({"methods": {"x": {"loss": "sgd"}}, "finetune": {"methods": ["x"]}}, "methods.x.loss", "erm"),
+    ({"world": {"contrast": [0.9, 0.1]}}, "world.contrast", "low <= high"),
+    ({"wise": {"alphas": [0.0, 0.5]}}, "wise", "must include 1.0"),
+])
+def test_bad_values_name_the_key(raw, key, words):
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw)
+    assert words in str(e.value)
+    assert key.split(".")[0] in str(e.value)
+
+
+def test_unknown_method_in_run_list():
+    with pytest.raises(ConfigError, match="not defined under 'methods'"):
+        parse_params({"finetune": {"methods": ["erm", "flyp2"]}})
+
+
+def test_unknown_describe_provider():
+    with pytest.raises(ConfigError, match="describe.provider 'gpt' is unknown"):
+        parse_params({"describe": {"provider": "gpt"}})
+
+
+def test_load_params_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("seeds: [0,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump({"seeds": [3]}))
+    assert load_params(ok).seeds == [3]

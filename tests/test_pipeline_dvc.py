@@ -1,0 +1,116 @@
+"""The whole pipeline under a real `dvc repro`, on tiny parameters, in a temporary git repo:
+artifacts exist, a second repro does nothing, beta reruns only evaluate+report, and the DRM
+lambda reruns only DRM fine-tuning and what follows."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp):
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["DVC_SITE_CACHE_DIR"] = str(tmp / "dvc-site-cache")
+    env["DRM_NO_PROGRESS"] = "1"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
+    return env
+
+
+def _run(args, cwd, env):
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"{args} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def _ran(out: str) -> set[str]:
+    """Stage names that `dvc repro` ran (not skipped)."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    from tests.conftest import TINY_PARAMS
+
+    tmp = tmp_path_factory.mktemp("dvcproj")
+    proj = tmp / "proj"
+    proj.mkdir()
+    for name in ("drm", "stages"):
+        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = _env(tmp)
+    _run(["git", "init", "-q"], proj, env)
+    _run(["dvc", "init", "-q"], proj, env)
+    _run(["dvc", "config", "core.analytics", "false"], proj, env)
+    _run(["dvc", "config", "core.check_update", "false"], proj, env)
+    _run(["git", "add", "-A"], proj, env)
+    _run(["git", "commit", "-qm", "tiny project"], proj, env)
+    out = _run(["dvc", "repro"], proj, env)
+    return proj, env, out
+
+
+def test_repro_builds_every_artifact(project):
+    proj, env, out = project
+    assert {"world", "pretrain", "describe", "zeroshot", "finetune@erm-0", "finetune@drm-0",
+            "evaluate", "report"} <= _ran(out)
+    assert (proj / "models/pretrained/open_clip_model.safetensors").exists()
+    desc = json.loads((proj / "data/descriptions.json").read_text())
+    assert desc["provenance"]["provider"] == "world" and len(desc["classnames"]) == 8
+    logits = pq.read_table(proj / "data/zeroshot/logits.parquet")
+    assert set(logits.column("split").to_pylist()) == {"train", "id_val", "id_test", "ood_val", "ood_test"}
+    assert logits.num_rows == 128 + 32 + 32 + 32 + 48
+    core = pq.read_table(proj / "data/zeroshot/core.parquet")
+    assert core.num_rows == 128 and {"weighted", "soft", "ratio"} <= set(core.column_names)
+    preds = pq.read_table(proj / "runs/drm-s0/predictions.parquet")
+    assert sorted(set(preds.column("alpha").to_pylist())) == [0.0, 1.0]
+    metrics = json.loads((proj / "metrics/evaluate.json").read_text())
+    assert {"zeroshot", "erm", "drm"} <= set(metrics)
+    assert 0.0 <= metrics["drm"]["ood_test"]["dual"] <= 1.0
+    report = (proj / "reports/report.md").read_text()
+    assert "zero-shot" in report and "| erm |" in report and "| drm |" in report
+    assert (proj / "reports/id_vs_ood.png").stat().st_size > 1000
+    shown = _run(["dvc", "metrics", "show", "--json"], proj, env)
+    assert "evaluate.json" in shown
+
+
+def test_second_repro_does_nothing(project):
+    proj, env, _ = project
+    out = _run(["dvc", "repro"], proj, env)
+    assert _ran(out) == set(), out
+
+
+def test_beta_reruns_only_evaluate_and_report(project):
+    proj, env, _ = project
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["evaluate"]["beta"] = 0.3
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], proj, env)
+    assert _ran(out) == {"evaluate", "report"}, out
+
+
+def test_lambda_reruns_only_drm_finetuning_and_later(project):
+    proj, env, _ = project
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["methods"]["drm"]["lam"] = 2.0
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], proj, env)
+    assert _ran(out) == {"finetune@drm-0", "evaluate", "report"}, out
+    run = json.loads((proj / "runs/drm-s0/run.json").read_text())
+    assert run["method_cfg"]["lam"] == 2.0
