@@ -8,22 +8,12 @@ def main():
     p.add_argument("--dry-run", action="store_true",
                    help="openai provider: print what would be requested, send nothing")
     args = p.parse_args()
-    from drm.config import load_params
-    from drm.datasets import open_source
-    from drm.describe import PROVIDERS, DescribeContext, run_describe
+    from drm import steps
 
-    params = load_params(args.params)
-    source = open_source(params.data, cli.base_dir(args))
-    ctx = DescribeContext(source.classnames, source.core_traits, cli.base_dir(args))
+    params, base = cli.load(args)
     if args.dry_run:
-        provider = PROVIDERS[params.describe.provider](params.describe, ctx)
-        if not hasattr(provider, "dry_run"):
-            print(f"describe: provider {params.describe.provider!r} sends no requests; nothing to plan")
-        else:
-            print(provider.dry_run(source.classnames))
-        return
-    desc = run_describe(params.describe, ctx, args.out)
-    print(f"describe: {sum(map(len, desc.values()))} descriptions for {len(desc)} classes -> {args.out}")
+        return "describe (dry run)", steps.describe_plan(params, base)
+    return "describe", steps.describe(params, base, args.out, cli.progress_enabled(args))
 
 
 if __name__ == "__main__":

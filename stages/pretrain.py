@@ -7,18 +7,10 @@ def main():
     p.add_argument("--world", default="data/world")
     p.add_argument("--out", default="models/pretrained")
     args = p.parse_args()
-    from drm.config import load_params
-    from drm.datasets.world import WorldSource
-    from drm.pretrain import pretrain
-    from drm.tracking import live_logger
+    from drm import steps
 
-    params = load_params(args.params)
-    source = WorldSource.open(args.world)
-    split = source.load("pretrain")
-    with live_logger("runs/pretrain/live") as live:
-        summary = pretrain(params.pretrain, split, args.out, source.image_size,
-                           progress=cli.progress_enabled(args), live=live)
-    print(f"pretrain: {summary}")
+    params, base = cli.load(args)
+    return "pretrain", steps.pretrain(params, base, args.world, args.out, progress=cli.progress_enabled(args))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ def main():
     p.add_argument("--out", default="reports/report.md")
     p.add_argument("--plot", default="reports/id_vs_ood.png")
     args = p.parse_args()
-    from drm.config import load_params
-    from drm.report import run_report
+    from drm import steps
 
-    params = load_params(args.params)
-    run_report(args.metrics, params.report, args.out, args.plot)
-    print(f"report: {args.out}, {args.plot}")
+    params, base = cli.load(args)
+    return "report", steps.report(params, base, args.metrics, args.out, args.plot)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,10 @@ def main():
     p = cli.parser(__doc__)
     p.add_argument("--out", default="data/world")
     args = p.parse_args()
-    from drm.config import load_params
-    from drm.world import generate
+    from drm import steps
 
-    params = load_params(args.params)
-    generate(params.world, args.out, progress=cli.progress_enabled(args))
-    print(f"world: wrote {args.out}")
+    params, base = cli.load(args)
+    return "world", steps.world(params, base, args.out, cli.progress_enabled(args))
 
 
 if __name__ == "__main__":

@@ -7,22 +7,10 @@ def main():
     p.add_argument("--descriptions", default="data/descriptions.json")
     p.add_argument("--out", default="data/zeroshot")
     args = p.parse_args()
-    from drm.config import load_params
-    from drm.datasets import open_source
-    from drm.describe import load_descriptions
-    from drm.models import load_pretrained
-    from drm.train_utils import resolve_device
-    from drm.zeroshot import run_zeroshot
+    from drm import steps
 
-    params = load_params(args.params)
-    base = cli.base_dir(args)
-    source = open_source(params.data, base)
-    descriptions = load_descriptions(args.descriptions, source.classnames)
-    device = str(resolve_device(params.zeroshot.device))
-    model, _, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained, device, base)
-    summary = run_zeroshot(model, tokenizer, eval_tf, source, descriptions, params.zeroshot, args.out,
-                           device, params.data.num_workers, cli.progress_enabled(args))
-    print(f"zeroshot: {summary}")
+    params, base = cli.load(args)
+    return "zeroshot", steps.zeroshot(params, base, args.descriptions, args.out, cli.progress_enabled(args))
 
 
 if __name__ == "__main__":

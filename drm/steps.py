@@ -1,0 +1,111 @@
+"""One function per pipeline stage: what `stages/*.py` (DVC) and `pipeline/flow.py` (Prefect)
+both call. Each takes the validated Params, the project folder and explicit in/out paths,
+and returns a small JSON-able summary. Paths are relative to `base`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from drm.config import Params
+from drm.errors import ConfigError
+
+
+def world(params: Params, base=".", out="data/world", progress=True) -> dict:
+    from drm.world import generate
+
+    meta = generate(params.world, Path(base) / out, progress=progress)
+    return {"classes": len(meta["classnames"]), "out": str(out)}
+
+
+def pretrain(params: Params, base=".", world_dir="data/world", out="models/pretrained",
+             live_dir="runs/pretrain/live", progress=True) -> dict:
+    from drm.datasets.world import WorldSource
+    from drm.pretrain import pretrain as train
+    from drm.tracking import live_logger
+
+    source = WorldSource.open(Path(base) / world_dir)
+    with live_logger(str(Path(base) / live_dir)) as live:
+        return train(params.pretrain, source.load("pretrain"), Path(base) / out, source.image_size,
+                     progress=progress, live=live)
+
+
+def _context(params: Params, base):
+    from drm.datasets import open_source
+    from drm.describe import DescribeContext
+
+    source = open_source(params.data, base)
+    return DescribeContext(source.classnames, source.core_traits, Path(base))
+
+
+def describe(params: Params, base=".", out="data/descriptions.json", progress=True) -> dict:
+    from drm.describe import run_describe
+
+    if not progress:
+        params.describe.openai.progress = False
+
+    desc = run_describe(params.describe, _context(params, base), Path(base) / out)
+    return {"classes": len(desc), "descriptions": sum(map(len, desc.values())), "out": str(out)}
+
+
+def describe_plan(params: Params, base=".") -> str:
+    """What describe would request (openai provider), without sending anything."""
+    from drm.describe import PROVIDERS
+
+    ctx = _context(params, base)
+    provider = PROVIDERS[params.describe.provider](params.describe, ctx)
+    if not hasattr(provider, "dry_run"):
+        return f"describe: provider {params.describe.provider!r} sends no requests; nothing to plan"
+    return provider.dry_run(ctx.classnames)
+
+
+def zeroshot(params: Params, base=".", descriptions="data/descriptions.json", out="data/zeroshot",
+             progress=True) -> dict:
+    from drm.datasets import open_source
+    from drm.describe import load_descriptions
+    from drm.models import load_pretrained
+    from drm.train_utils import resolve_device
+    from drm.zeroshot import run_zeroshot
+
+    source = open_source(params.data, base)
+    desc = load_descriptions(Path(base) / descriptions, source.classnames)
+    device = str(resolve_device(params.zeroshot.device))
+    model, _, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained, device, base)
+    return run_zeroshot(model, tokenizer, eval_tf, source, desc, params.zeroshot, Path(base) / out,
+                        device, params.data.num_workers, progress)
+
+
+def finetune(params: Params, method: str, seed: int, base=".", zeroshot_dir="data/zeroshot",
+             out: str | None = None, progress=True) -> dict:
+    from drm.datasets import open_source
+    from drm.finetune import run_finetune
+    from drm.models import load_pretrained
+    from drm.zeroshot import load_heads
+
+    if method not in params.methods:
+        raise ConfigError(f"unknown method {method!r}; defined under `methods`: {sorted(params.methods)}")
+    source = open_source(params.data, base)
+    heads = load_heads(Path(base) / zeroshot_dir)
+    model, train_tf, eval_tf, _ = load_pretrained(params.model.name, params.model.pretrained, "cpu", base)
+    out = Path(base) / (out or f"runs/{method}-s{seed}")
+    return run_finetune(model, heads, source, (train_tf, eval_tf), method, params.methods[method],
+                        params.finetune, params.wise.alphas, seed, Path(base) / zeroshot_dir, out,
+                        params.data.num_workers, progress)
+
+
+def evaluate(params: Params, base=".", zeroshot_dir="data/zeroshot", runs_dir="runs",
+             out_csv="metrics/all.csv", out_json="metrics/evaluate.json") -> dict:
+    from drm.datasets import open_source
+    from drm.evaluate import run_evaluate
+
+    source = open_source(params.data, base)
+    runs = {(m, s): Path(base) / runs_dir / f"{m}-s{s}" for m in params.finetune.methods for s in params.seeds}
+    frame = run_evaluate(source, Path(base) / zeroshot_dir, runs, params.evaluate,
+                         Path(base) / out_csv, Path(base) / out_json)
+    return {"rows": len(frame), "out": str(out_json)}
+
+
+def report(params: Params, base=".", metrics="metrics/all.csv", out="reports/report.md",
+           plot="reports/id_vs_ood.png") -> dict:
+    from drm.report import run_report
+
+    run_report(Path(base) / metrics, params.report, Path(base) / out, Path(base) / plot)
+    return {"report": str(out), "plot": str(plot)}

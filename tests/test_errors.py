@@ -1,0 +1,71 @@
+"""Bad inputs fail with one clear line that says what to do (stage scripts exit with 2)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from drm.errors import DRMError, MissingArtifactError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage(name, *args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *args],
+                          cwd=cwd, capture_output=True, text=True)
+
+
+def test_missing_upstream_artifact_names_the_stage(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    r = stage("zeroshot", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "run the 'world' stage first" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_method_on_the_command_line(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    r = stage("finetune", "--method", "sgd", "--seed", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown method 'sgd'" in r.stderr
+
+
+def test_invalid_params_fail_before_any_work(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("beta: 0.5", "beta: 2"))
+    r = stage("evaluate", cwd=tmp_path)
+    assert r.returncode == 2 and "evaluate.beta" in r.stderr
+
+
+def test_model_folder_without_weights_refuses_random_init(tmp_path):
+    from drm.models import build_clip, load_pretrained, save_model_folder
+    from drm.config import PretrainConfig
+
+    arch = PretrainConfig().arch
+    torch.manual_seed(0)
+    model = build_clip(arch)
+    folder = save_model_folder(model, arch, tmp_path / "m", 32)
+    loaded, _, _, tok = load_pretrained(f"local-dir:{folder}")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    (folder / "open_clip_model.safetensors").unlink()
+    with pytest.raises(DRMError, match="no weights"):
+        load_pretrained(f"local-dir:{folder}")
+    with pytest.raises(MissingArtifactError, match="'pretrain' stage"):
+        load_pretrained(f"local-dir:{tmp_path / 'absent'}")
+
+
+def test_evaluate_names_missing_run(tmp_path):
+    from drm.config import EvaluateConfig
+    from drm.evaluate import run_evaluate
+
+    class Src:
+        splits = {"train": "train"}
+        group_columns = []
+
+        def load(self, s):
+            raise AssertionError
+
+    zs = tmp_path / "zs"
+    zs.mkdir()
+    with pytest.raises(MissingArtifactError, match="zeroshot"):
+        run_evaluate(Src(), zs, {}, EvaluateConfig(group_by=[]), tmp_path / "a.csv", tmp_path / "a.json")
