@@ -27,15 +27,15 @@ class WorldConfig(Strict):
     image_size: int = Field(32, ge=8, le=224)
     n_pretrain: int = Field(24000, ge=16)
     n_train: int = Field(4000, ge=8)
-    n_id_val: int = Field(1000, ge=8)
-    n_id_test: int = Field(2000, ge=8)
+    n_id_val: int = Field(500, ge=8)
+    n_id_test: int = Field(1000, ge=8)
     n_ood_val: int = Field(1000, ge=8)
-    n_ood_test: int = Field(2500, ge=8)
+    n_ood_test: int = Field(2000, ge=8)
     spurious_rate: float = Field(0.9, ge=0.0, le=1.0)
     caption_context_rate: float = Field(0.7, ge=0.0, le=1.0)
     contrast: tuple[float, float] = (0.3, 1.0)
     noise: tuple[float, float] = (0.05, 0.08)
-    radius: tuple[float, float] = (0.16, 0.30)  # object radius as a fraction of the canvas
+    radius: tuple[float, float] = (0.30, 0.45)  # object radius as a fraction of the canvas
     train_styles: list[str] = ["filled"]
     unclear_rate: float = Field(0.15, ge=0.0, le=1.0)  # small/faint objects in downstream splits
 

@@ -67,9 +67,12 @@ def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv
                           f"available: {sorted(source.group_columns)}")
     rows = []
     zs = pq.read_table(require(Path(zs_dir) / "logits.parquet", "zeroshot"))
-    rows += evaluate_table(zs, "zeroshot", -1, 0.0, source, metas, cfg)
-    for (method, seed), run_dir in sorted(runs.items()):
+    zs_rows = evaluate_table(zs, "zeroshot", -1, 0.0, source, metas, cfg)
+    rows += zs_rows
+    for (method, seed), run_dir in runs.items():
         table = pq.read_table(require(Path(run_dir) / "predictions.parquet", f"finetune@{method}-{seed}"))
+        # WiSE-FT alpha 0 is the zero-shot model itself: its rows, under this run's name.
+        rows += [{**r, "method": method, "seed": seed} for r in zs_rows]
         for alpha in sorted(set(table.column("alpha").to_pylist())):
             mask = (table.column("alpha").to_numpy() == alpha)
             rows += evaluate_table(table.filter(pa.array(mask)), method, seed, float(alpha), source, metas, cfg)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from drm.errors import DRMError, require
-from drm.inference import column_to_tensor, encode_split, logits_table
+from drm.inference import column_to_tensor, logits_table
 from drm.losses import get_loss
 from drm.models import DualHeadClassifier, save_state, wise_state
 from drm.train_utils import autocast, cosine_with_warmup, resolve_device, seed_everything, set_threads
@@ -100,22 +100,35 @@ def cfg_workers(cfg) -> int:
 
 def predict(model, zeroshot_state, source, transform, alphas, batch_size=512, device="cpu",
             num_workers=0, progress=True) -> pa.Table:
-    """df/cd logits of WiSE-FT(alpha) models on every non-training split."""
+    """df/cd logits of the WiSE-FT(alpha) models on every non-training split.
+
+    alpha 0 is the zero-shot model, whose logits the zeroshot stage already has: skipped
+    here (evaluate takes them from there). Each image is decoded once and fed to every
+    alpha's model."""
     finetuned = copy.deepcopy(model.state_dict())
-    tables = []
-    splits = {s: source.load(s, transform) for s, r in source.splits.items() if r != "train"}
+    alphas = [float(a) for a in alphas if a > 0]
+    models = []
     for alpha in alphas:
-        model.load_state_dict(wise_state(zeroshot_state, finetuned, alpha))
-        model.to(device).eval()
-        for name, split in splits.items():
-            feats = encode_split(model.visual, split, batch_size, device, num_workers, progress,
-                                 desc=f"predict: alpha {alpha} {name}")
-            with torch.no_grad():
-                f = feats.to(device)
-                df = model.logit_scale * f @ model.df.t()
-                cd = model.logit_scale * f @ model.cd.t()
-            tables.append(logits_table(name, split.meta, df.cpu(), cd.cpu(), alpha=float(alpha)))
-    model.load_state_dict(finetuned)
+        m = copy.deepcopy(model)
+        m.load_state_dict(wise_state(zeroshot_state, finetuned, alpha))
+        models.append(m.to(device).eval())
+    tables = []
+    for name, role in source.splits.items():
+        if role == "train":
+            continue
+        split = source.load(name, transform)
+        loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        outs = [([], []) for _ in models]
+        with torch.no_grad():
+            for x, _ in tqdm(loader, desc=f"predict: {name} x {len(models)} alphas", disable=not progress,
+                             leave=False):
+                x = x.to(device)
+                for m, (dfs, cds) in zip(models, outs):
+                    df, cd = m(x)
+                    dfs.append(df.float().cpu())
+                    cds.append(cd.float().cpu())
+        for alpha, (dfs, cds) in zip(alphas, outs):
+            tables.append(logits_table(name, split.meta, torch.cat(dfs), torch.cat(cds), alpha=alpha))
     return pa.concat_tables(tables)
 
 

@@ -112,16 +112,16 @@ def render(shape_idx, style_idx, bg, fg, cx, cy, radius, rot, noise, rng, canvas
     yy, xx = np.mgrid[0:canvas, 0:canvas].astype(np.float32) + 0.5
     tables = np.stack([_TABLES[c] for c in CLASSNAMES]).astype(np.float32)
 
-    def boundary(dx, dy, rot_, scale):
+    def boundary(dx, dy, rot_, scale, shapes):
         rho = np.hypot(dx, dy)
-        theta = np.mod(np.arctan2(-dy, dx) - rot_[:, None, None], 2 * np.pi)
-        b = np.minimum((theta / (2 * np.pi) * _BINS).astype(np.int32), _BINS - 1)
-        r = tables[shape_idx[:, None, None], b] * scale[:, None, None]
+        theta = np.mod(np.arctan2(-dy, dx) - rot_.astype(np.float32)[:, None, None], np.float32(2 * np.pi))
+        b = np.minimum((theta * np.float32(_BINS / (2 * np.pi))).astype(np.int32), _BINS - 1)
+        r = tables[shapes[:, None, None], b] * scale.astype(np.float32)[:, None, None]
         return rho, r  # inside: rho <= r; signed distance ~ rho - r
 
-    dx = xx[None] - cx[:, None, None]
-    dy = yy[None] - cy[:, None, None]
-    rho, r = boundary(dx, dy, rot, radius)
+    dx = xx[None] - cx.astype(np.float32)[:, None, None]
+    dy = yy[None] - cy.astype(np.float32)[:, None, None]
+    rho, r = boundary(dx, dy, rot, radius, shape_idx)
     inside = rho <= r
     dist = rho - r
     t = np.maximum(1.6, 0.12 * radius)[:, None, None]
@@ -134,28 +134,30 @@ def render(shape_idx, style_idx, bg, fg, cx, cy, radius, rot, noise, rng, canvas
     theta_px = np.arctan2(dy, dx)
     dashes = np.cos(theta_px * 14) > 0.1
     mask |= (style == st["dashed"]) & (np.abs(dist) <= 1.2 * t) & dashes
-    phi = rng.uniform(0, np.pi, size=n)[:, None, None]
+    phi = rng.uniform(0, np.pi, size=n).astype(np.float32)[:, None, None]
     stripes = np.sin((dx * np.cos(phi) + dy * np.sin(phi)) * 2 * np.pi / 6.0) > 0
     mask |= (style == st["striped"]) & ((inside & stripes) | (np.abs(dist) <= 1.0))
-    is_sketch = (style == st["sketch"])[:, 0, 0]
-    if is_sketch.any():
-        sk = np.zeros_like(mask)
+    sketch = np.nonzero(np.asarray(style_idx) == st["sketch"])[0]
+    if len(sketch):  # three jittered thin outlines, computed for the sketch images only
+        k = len(sketch)
+        sk = np.zeros((k, canvas, canvas), bool)
         for _ in range(3):
-            jx = rng.normal(0, 1.2, n)[:, None, None]
-            jy = rng.normal(0, 1.2, n)[:, None, None]
-            jr = rot + rng.normal(0, 0.08, n)
-            js = radius * rng.uniform(0.92, 1.06, n)
-            rho_j, r_j = boundary(dx - jx, dy - jy, jr, js)
+            jx = rng.normal(0, 1.2, k).astype(np.float32)[:, None, None]
+            jy = rng.normal(0, 1.2, k).astype(np.float32)[:, None, None]
+            jr = rot[sketch] + rng.normal(0, 0.08, k)
+            js = radius[sketch] * rng.uniform(0.92, 1.06, k)
+            rho_j, r_j = boundary(dx[sketch] - jx, dy[sketch] - jy, jr, js, shape_idx[sketch])
             sk |= np.abs(rho_j - r_j) <= 1.0
-        mask |= is_sketch[:, None, None] & sk
+        mask[sketch] |= sk
     inv = (style == st["inverted"])[:, :, :, None]
     m = mask[..., None]
-    bgc, fgc = bg[:, None, None, :], fg[:, None, None, :]
+    bgc = bg.astype(np.float32)[:, None, None, :]
+    fgc = fg.astype(np.float32)[:, None, None, :]
     img = np.where(m, fgc, bgc)
     img = np.where(inv, np.where(m, bgc, fgc), img)  # inverted: object in bg colour on fg canvas
     f = canvas // image_size
     img = img.reshape(n, image_size, f, image_size, f, 3).mean(axis=(2, 4))
-    img = img + rng.normal(size=img.shape) * noise[:, None, None, None]
+    img = img + rng.standard_normal(size=img.shape, dtype=np.float32) * noise.astype(np.float32)[:, None, None, None]
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -194,7 +196,7 @@ def _sample_split(cfg, split: str, n: int):
         unclear = rng.random(n) < cfg.unclear_rate
         small = unclear & (rng.random(n) < 0.5)
         faint = unclear & ~small
-        radius = np.where(small, rng.uniform(0.09, 0.12, n) * canvas, radius)
+        radius = np.where(small, rng.uniform(0.18, 0.22, n) * canvas, radius)
         contrast = np.where(faint, rng.uniform(0.10, 0.18, n), contrast)
         clarity[small], clarity[faint] = "small", "faint"
     margin = radius + 2

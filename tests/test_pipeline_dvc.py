@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -79,7 +80,11 @@ def test_repro_builds_every_artifact(project):
     core = pq.read_table(proj / "data/zeroshot/core.parquet")
     assert core.num_rows == 128 and {"weighted", "soft", "ratio"} <= set(core.column_names)
     preds = pq.read_table(proj / "runs/drm-s0/predictions.parquet")
-    assert sorted(set(preds.column("alpha").to_pylist())) == [0.0, 1.0]
+    assert sorted(set(preds.column("alpha").to_pylist())) == [1.0]  # alpha 0 is the zero-shot model
+    frame = pd.read_csv(proj / "metrics/all.csv")
+    zs = frame[frame.method == "zeroshot"].set_index(["split", "head"]).accuracy
+    drm0 = frame[(frame.method == "drm") & (frame.alpha == 0.0)].set_index(["split", "head"]).accuracy
+    assert drm0.sort_index().equals(zs.sort_index())
     metrics = json.loads((proj / "metrics/evaluate.json").read_text())
     assert {"zeroshot", "erm", "drm"} <= set(metrics)
     assert 0.0 <= metrics["drm"]["ood_test"]["dual"] <= 1.0
@@ -111,6 +116,8 @@ def test_lambda_reruns_only_drm_finetuning_and_later(project):
     params["methods"]["drm"]["lam"] = 2.0
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(["dvc", "repro"], proj, env)
-    assert _ran(out) == {"finetune@drm-0", "evaluate", "report"}, out
+    ran = _ran(out)
+    # report reruns only if the metrics changed (on tiny data they may not): DVC's own call
+    assert {"finetune@drm-0", "evaluate"} <= ran <= {"finetune@drm-0", "evaluate", "report"}, out
     run = json.loads((proj / "runs/drm-s0/run.json").read_text())
     assert run["method_cfg"]["lam"] == 2.0

@@ -1,0 +1,57 @@
+"""The Prefect flow runs the same stages in one process, caches across runs, and reruns only
+what a params change affects."""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+_HOME = tempfile.mkdtemp(prefix="drm-prefect-")
+os.environ.setdefault("PREFECT_HOME", _HOME)
+os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(Path(_HOME) / "storage"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_flow_runs_caches_and_reruns_only_affected(harness, tmp_path):
+    from pipeline.flow import drm_pipeline
+    from tests.conftest import TINY_PARAMS
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    params["finetune"]["methods"] = ["drm"]
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    out = drm_pipeline(str(pfile))
+    assert (tmp_path / out["report"]).exists()
+    weights = tmp_path / "models/pretrained/open_clip_model.safetensors"
+    run_model = tmp_path / "runs/drm-s0/model.safetensors"
+    metrics = tmp_path / "metrics/evaluate.json"
+    stamps = {p: p.stat().st_mtime_ns for p in (weights, run_model, metrics)}
+
+    drm_pipeline(str(pfile))  # nothing changed: every task is a cache hit
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    params["evaluate"]["beta"] = 0.2
+    pfile.write_text(yaml.safe_dump(params))
+    drm_pipeline(str(pfile))  # only evaluate and report rerun
+    assert weights.stat().st_mtime_ns == stamps[weights]
+    assert run_model.stat().st_mtime_ns == stamps[run_model]
+    assert metrics.stat().st_mtime_ns != stamps[metrics]
