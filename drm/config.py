@@ -47,6 +47,8 @@ class WorldConfig(Strict):
                 raise ValueError(f"world.{name} must be [low, high] with 0 <= low <= high <= 1")
         from drm.world import STYLES
 
+        if self.canvas % self.image_size:
+            raise ValueError(f"world.canvas ({self.canvas}) must be a multiple of world.image_size ({self.image_size})")
         bad = [s for s in self.train_styles if s not in STYLES]
         if bad or not self.train_styles or len(set(self.train_styles)) == len(STYLES):
             raise ValueError(f"world.train_styles must be a non-empty proper subset of {STYLES}")
@@ -117,6 +119,12 @@ class ZeroshotConfig(Strict):
     def _templates(self):
         if not self.templates or any("{c}" not in t for t in self.templates):
             raise ValueError("zeroshot.templates must be a non-empty list of strings containing '{c}'")
+        for t in self.templates:
+            try:
+                t.format(c="x")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"zeroshot.templates entry {t!r} is not a valid template ({e}); "
+                                 "use {c} for the class name and {{ }} for literal braces") from None
         return self
 
 
@@ -155,9 +163,21 @@ class WiseConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    beta: float = Field(0.5, ge=0, le=1)
+    # Dual inference weight of the df head; "val": chosen per method on select_splits.
+    beta: float | Literal["val"] = 0.5
+    beta_grid: list[float] = [round(0.1 * i, 1) for i in range(11)]
+    select_splits: list[str] = ["id_val", "ood_val"]
     group_by: list[str] = ["style", "bg"]
     batch_size: int = Field(512, ge=1)
+
+
+    @model_validator(mode="after")
+    def _beta(self):
+        if isinstance(self.beta, float) and not 0 <= self.beta <= 1:
+            raise ValueError("evaluate.beta must be in [0, 1] or 'val'")
+        if not self.beta_grid or any(not 0 <= b <= 1 for b in self.beta_grid):
+            raise ValueError("evaluate.beta_grid must be a non-empty list of numbers in [0, 1]")
+        return self
 
 
 class ReportConfig(Strict):
@@ -186,6 +206,10 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _methods(self):
+        arch_size = self.pretrain.arch.get("vision_cfg", {}).get("image_size")
+        if arch_size is not None and arch_size != self.world.image_size:
+            raise ValueError(f"pretrain.arch.vision_cfg.image_size ({arch_size}) must equal "
+                             f"world.image_size ({self.world.image_size})")
         unknown = [m for m in self.finetune.methods if m not in self.methods]
         if unknown:
             raise ValueError(

@@ -37,7 +37,8 @@ def split_metrics(y, pred, meta, group_by, source, split) -> dict:
     return row
 
 
-def evaluate_table(table, method, seed, alpha, source, metas, cfg) -> list[dict]:
+def evaluate_table(table, method, seed, alpha, source, metas, cfg, beta: float | None = None) -> list[dict]:
+    beta = cfg.beta if beta is None else beta
     rows = []
     frame = table.select(["split", "id"]).to_pandas()
     for split in frame["split"].unique():
@@ -50,32 +51,68 @@ def evaluate_table(table, method, seed, alpha, source, metas, cfg) -> list[dict]
         if ids != meta["id"].astype(str).tolist():
             meta = meta.set_index(meta["id"].astype(str)).loc[ids].reset_index(drop=True)
         y = sub.column("y").to_numpy()
-        preds = head_predictions(sub, cfg.beta)
+        preds = head_predictions(sub, beta)
         for head in HEADS:
             rows.append({"method": method, "seed": seed, "alpha": alpha, "split": split,
-                         "role": source.splits[split], "head": head,
+                         "role": source.splits[split], "head": head, "beta": beta if head == "dual" else None,
                          **split_metrics(y, preds[head], meta, cfg.group_by, source, split)})
     return rows
 
 
+def _split_filter(table, column, value):
+    return table.filter(pa.array(table.column(column).to_numpy(zero_copy_only=False) == value))
+
+
+def select_beta(tables: list, grid: list[float], splits: tuple[str, str]) -> float:
+    """The dual-inference beta with the best mean of ID-val and OOD-val accuracy, averaged
+    over the given tables (one per seed); ties go to the beta closest to 0.5."""
+    import numpy as np
+
+    scores = []
+    for beta in grid:
+        accs = []
+        for table in tables:
+            for split in splits:
+                sub = _split_filter(table, "split", split)
+                pred = head_predictions(sub, beta)["dual"]
+                accs.append(float((pred == sub.column("y").to_numpy()).mean()))
+        scores.append(np.mean(accs))
+    best = max(scores)
+    return min((b for b, sc in zip(grid, scores) if sc >= best - 1e-12), key=lambda b: abs(b - 0.5))
+
+
 def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv, out_json) -> pd.DataFrame:
-    """runs: (method, seed) -> run directory holding predictions.parquet."""
+    """runs: (method, seed) -> run directory holding predictions.parquet.
+
+    evaluate.beta is a number, or "val": then beta is chosen per (method, WiSE alpha) on the
+    validation splits (selection.splits), mean over seeds, and recorded in the `beta` column."""
     metas = {s: source.load(s).meta for s, r in source.splits.items() if r != "train"}
     missing = [g for g in cfg.group_by if any(g not in m.columns for m in metas.values())]
     if missing:
         raise ConfigError(f"evaluate.group_by names {missing}, which the data has no column for; "
                           f"available: {sorted(source.group_columns)}")
-    rows = []
+    by_val = cfg.beta == "val"
+    if by_val and any(s not in metas for s in cfg.select_splits):
+        raise ConfigError(f"evaluate.beta 'val' needs the splits {cfg.select_splits}; "
+                          f"this data has {sorted(metas)}")
     zs = pq.read_table(require(Path(zs_dir) / "logits.parquet", "zeroshot"))
-    zs_rows = evaluate_table(zs, "zeroshot", -1, 0.0, source, metas, cfg)
-    rows += zs_rows
+    groups: dict[tuple[str, float], list] = {("zeroshot", 0.0): [(-1, zs)]}
     for (method, seed), run_dir in runs.items():
         table = pq.read_table(require(Path(run_dir) / "predictions.parquet", f"finetune@{method}-{seed}"))
+        for alpha in sorted(set(table.column("alpha").to_pylist())):
+            groups.setdefault((method, float(alpha)), []).append((seed, _split_filter(table, "alpha", alpha)))
+    betas = {key: (select_beta([t for _, t in tabs], cfg.beta_grid, tuple(cfg.select_splits)) if by_val
+                   else float(cfg.beta)) for key, tabs in groups.items()}
+    zs_rows = evaluate_table(zs, "zeroshot", -1, 0.0, source, metas, cfg, betas[("zeroshot", 0.0)])
+    rows = list(zs_rows)
+    for (method, seed) in runs:
         # WiSE-FT alpha 0 is the zero-shot model itself: its rows, under this run's name.
         rows += [{**r, "method": method, "seed": seed} for r in zs_rows]
-        for alpha in sorted(set(table.column("alpha").to_pylist())):
-            mask = (table.column("alpha").to_numpy() == alpha)
-            rows += evaluate_table(table.filter(pa.array(mask)), method, seed, float(alpha), source, metas, cfg)
+    for (method, alpha), tabs in groups.items():
+        if method == "zeroshot":
+            continue
+        for seed, table in tabs:
+            rows += evaluate_table(table, method, seed, alpha, source, metas, cfg, betas[(method, alpha)])
     if not rows:
         raise DRMError("nothing to evaluate")
     frame = pd.DataFrame(rows)

@@ -57,17 +57,20 @@ def load_core(zs_dir, meta) -> dict[str, torch.Tensor]:
     return out
 
 
-def train(model: DualHeadClassifier, train_split, core, method_cfg, cfg, seed, progress=True, live=None):
+def train(model: DualHeadClassifier, train_split, core, method_cfg, cfg, seed, progress=True, live=None,
+          num_workers: int = 0):
     device = resolve_device(cfg.device)
     gen = seed_everything(seed)
     loss_fn = get_loss(method_cfg.loss)
     loader = DataLoader(Indexed(train_split.dataset), batch_size=cfg.batch_size, shuffle=True,
                         drop_last=len(train_split.dataset) > cfg.batch_size, generator=gen,
-                        num_workers=cfg_workers(cfg))
+                        num_workers=num_workers, persistent_workers=num_workers > 0)
     total = cfg.epochs * len(loader)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.wd)
     sched = cosine_with_warmup(opt, cfg.warmup_steps, total)
     model.to(device).train()
+    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 don't.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     history = []
     bar = tqdm(total=total, desc=f"finetune: {method_cfg.loss} seed {seed}", disable=not progress)
     for epoch in range(cfg.epochs):
@@ -78,9 +81,11 @@ def train(model: DualHeadClassifier, train_split, core, method_cfg, cfg, seed, p
                 df, cd = model(x)
             loss = loss_fn(df.float(), cd.float(), y, batch_core, method_cfg)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
@@ -92,10 +97,6 @@ def train(model: DualHeadClassifier, train_split, core, method_cfg, cfg, seed, p
     bar.close()
     model.eval().cpu()
     return history
-
-
-def cfg_workers(cfg) -> int:
-    return getattr(cfg, "num_workers", 0)
 
 
 def predict(model, zeroshot_state, source, transform, alphas, batch_size=512, device="cpu",
@@ -150,7 +151,7 @@ def run_finetune(pretrained_model, heads, source, transforms, method_name, metho
     with live_logger(str(out / "live")) as live:
         live.log_params({"method": method_name, "seed": seed, **method_cfg.model_dump(),
                          **cfg.model_dump(exclude={"methods"})})
-        history = train(model, train_split, core, method_cfg, cfg, seed, progress, live)
+        history = train(model, train_split, core, method_cfg, cfg, seed, progress, live, num_workers)
     train_seconds = time.time() - t0
     save_state(model, out / "model.safetensors")
     preds = predict(model, zeroshot_state, source, eval_tf, wise_alphas, device=cfg.device,

@@ -14,7 +14,8 @@ from drm.errors import require
 
 
 def _val_alpha(frame, method, head, id_val, ood_val) -> float:
-    sub = frame[(frame.method == method) & (frame["head"] == head) & frame.split.isin([id_val, ood_val])]
+    sub = frame[(frame.method == method) & (frame["head"] == head) & frame.split.isin([id_val, ood_val])
+                & (frame.alpha > 0)]  # alpha 0 is the zero-shot model, not a fine-tuned one
     score = sub.groupby("alpha")["accuracy"].mean()
     return float(score.idxmax())
 
@@ -32,12 +33,14 @@ def method_rows(frame: pd.DataFrame, head: str, splits: dict[str, str]) -> pd.Da
             alphas = set(frame[frame.method == m].alpha)
             if 0.5 in alphas:
                 variants.append((f"{m} + WiSE-FT a=0.5", 0.5))
-            if "id_val" in val and "ood_val" in val and len(alphas) > 1:
+            if "id_val" in val and "ood_val" in val and len(alphas - {0.0}) > 1:
                 a = _val_alpha(frame, m, head, val["id_val"], val["ood_val"])
                 variants.append((f"{m} + WiSE-FT a={a:g} (val)", a))
         for label, alpha in variants:
             sub = frame[(frame.method == m) & (frame.alpha == alpha) & (frame["head"] == head)]
             row = {"method": label, "base": m, "alpha": alpha, "seeds": sub.seed.nunique()}
+            if head == "dual" and "beta" in sub:
+                row["beta"] = ", ".join(f"{b:g}" for b in sorted(sub.beta.dropna().unique()))
             for key, split in splits.items():
                 acc = sub[sub.split == split].groupby("seed")["accuracy"].mean() * 100
                 row[f"{key}_mean"], row[f"{key}_std"] = acc.mean(), acc.std(ddof=0)
@@ -46,12 +49,14 @@ def method_rows(frame: pd.DataFrame, head: str, splits: dict[str, str]) -> pd.Da
 
 
 def markdown_table(rows: pd.DataFrame, splits: dict[str, str]) -> str:
-    head = "| method | seeds | " + " | ".join(splits) + " |"
-    sep = "|---|---|" + "---|" * len(splits)
+    beta = "beta" in rows
+    head = "| method | seeds | " + ("beta | " if beta else "") + " | ".join(splits) + " |"
+    sep = "|---|---|" + ("---|" if beta else "") + "---|" * len(splits)
     lines = [head, sep]
     for _, r in rows.iterrows():
         cells = [f"{r[f'{k}_mean']:.1f} ± {r[f'{k}_std']:.1f}" for k in splits]
-        lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['method']} | {r['seeds']} | " + (f"{r['beta']} | " if beta else "")
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -93,12 +98,15 @@ def run_report(metrics_csv, cfg, out_md, out_png, extra_sections: list[str] | No
     splits = {s: s for s in order}
     parts = ["# DRM report", "",
              f"Accuracy (%) on each split, mean ± std over seeds. Head for the main table: **{cfg.head}**. "
-             "WiSE-FT alpha (val) is chosen on id_val + ood_val, never on test.", ""]
+             "WiSE-FT alpha (val) is the alpha > 0 with the best mean of id_val and ood_val accuracy; "
+             "selection never reads a test split.", ""]
     for head in [cfg.head] + [h for h in ("df", "cd", "dual") if h != cfg.head]:
         rows = method_rows(frame, head, splits)
         parts += [f"## {head} head", "", markdown_table(rows, splits), ""]
     parts += ["## ID vs OOD", "", f"![ID vs OOD]({Path(out_png).name})", ""]
-    worst = [c for c in frame.columns if c.startswith("worst_") or c.startswith("bench_")]
+    # Worst-group accuracies, and benchmark metrics that are rates (not WILDS' count_* fields).
+    worst = [c for c in frame.columns if c.startswith("worst_")
+             or (c.startswith("bench_") and "count" not in c and frame[c].dropna().between(0, 1).all())]
     if worst:
         sub = frame[(frame["head"] == cfg.head) & (frame.split == cfg.ood_split) & frame.alpha.isin([0.0, 1.0])]
         sub = sub[(sub.method == "zeroshot") | (sub.alpha == 1.0)]

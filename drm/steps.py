@@ -104,8 +104,38 @@ def evaluate(params: Params, base=".", zeroshot_dir="data/zeroshot", runs_dir="r
 
 
 def report(params: Params, base=".", metrics="metrics/all.csv", out="reports/report.md",
-           plot="reports/id_vs_ood.png") -> dict:
+           plot="reports/id_vs_ood.png", diagnostics="reports/diagnostics.md") -> dict:
     from drm.report import run_report
 
-    run_report(Path(base) / metrics, params.report, Path(base) / out, Path(base) / plot)
+    from drm.diagnostics import problem_exists, problem_markdown
+
+    extra = []
+    if diagnostics and (Path(base) / diagnostics).exists():
+        extra = [(Path(base) / diagnostics).read_text(), problem_markdown(problem_exists(Path(base) / metrics))]
+    run_report(Path(base) / metrics, params.report, Path(base) / out, Path(base) / plot, extra)
     return {"report": str(out), "plot": str(plot)}
+
+
+def diagnostics(params: Params, base=".", zeroshot_dir="data/zeroshot",
+                out_json="reports/diagnostics.json", out_md="reports/diagnostics.md") -> dict:
+    """The world's premises, measured (embedded world only: it renders controlled pairs)."""
+    from drm.datasets import open_source
+    from drm.diagnostics import run_diagnostics
+    from drm.models import load_pretrained
+    from drm.zeroshot import load_heads
+
+    if params.data.source != "world":  # the premises are measured on renders of the world
+        import json
+
+        note = f"diagnostics skipped: they render the embedded world, and data.source is {params.data.source!r}"
+        for path, text in ((out_json, json.dumps({"skipped": note}) + "\n"), (out_md, f"_{note}_\n")):
+            (Path(base) / path).parent.mkdir(parents=True, exist_ok=True)
+            (Path(base) / path).write_text(text)
+        return {"skipped": note}
+    source = open_source(params.data, base)
+    model, _, eval_tf, _ = load_pretrained(params.model.name, params.model.pretrained, "cpu", base)
+    df, cd, _ = load_heads(Path(base) / zeroshot_dir)
+    d = run_diagnostics(model, eval_tf, source, (df, cd), params.world, Path(base) / zeroshot_dir,
+                        Path(base) / out_json, Path(base) / out_md)
+    return {"probe_ood_val": d["probe"]["ood_val"]["probe_accuracy"],
+            "cd_more_core_than_df": d["swap"]["cd_more_core_than_df"]}

@@ -38,6 +38,19 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+def fingerprint(base: str, *paths: str) -> str:
+    """Content hash of output files/folders: what downstream tasks key their cache on, so a
+    rerun upstream that changes its outputs reruns them, and one that doesn't, doesn't."""
+    h = hashlib.sha256()
+    for rel in paths:
+        p = Path(base) / rel
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(f.relative_to(base).as_posix().encode())
+            h.update(f.read_bytes() if f.exists() else b"<missing>")
+    return h.hexdigest()[:16]
+
+
 def _params(params_json: str) -> Params:
     return Params.model_validate_json(params_json)
 
@@ -48,44 +61,58 @@ def _section(params: Params, *names: str) -> str:
 
 
 @task(cache_policy=CACHE, persist_result=True, retries=1)
-def world(params_json: str, section: str, base: str, code: str) -> dict:
-    return steps.world(_params(params_json), base, progress=False)
+def world(params_json: str, section: str, base: str, code: str) -> str:
+    steps.world(_params(params_json), base, progress=False)
+    return fingerprint(base, "data/world")
 
 
 @task(cache_policy=CACHE, persist_result=True, retries=1)
-def pretrain(params_json: str, section: str, base: str, code: str, upstream: dict) -> dict:
-    return steps.pretrain(_params(params_json), base, progress=False)
+def pretrain(params_json: str, section: str, base: str, code: str, upstream: str) -> str:
+    steps.pretrain(_params(params_json), base, progress=False)
+    return fingerprint(base, "models/pretrained")
 
 
 @task(cache_policy=CACHE, persist_result=True, retries=2, retry_delay_seconds=10)
-def describe(params_json: str, section: str, base: str, code: str, upstream: dict) -> dict:
-    return steps.describe(_params(params_json), base, progress=False)
+def describe(params_json: str, section: str, base: str, code: str, upstream: str) -> str:
+    steps.describe(_params(params_json), base, progress=False)
+    return fingerprint(base, "data/descriptions.json")
 
 
 @task(cache_policy=CACHE, persist_result=True, retries=1)
-def zeroshot(params_json: str, section: str, base: str, code: str, upstream: list) -> dict:
-    return steps.zeroshot(_params(params_json), base, progress=False)
+def zeroshot(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
+    steps.zeroshot(_params(params_json), base, progress=False)
+    return fingerprint(base, "data/zeroshot")
 
 
 @task(cache_policy=CACHE, persist_result=True, retries=1)
 def finetune(params_json: str, section: str, method: str, seed: int, base: str, code: str,
-             upstream: dict) -> dict:
-    return steps.finetune(_params(params_json), method, seed, base, progress=False)
+             upstream: str) -> str:
+    steps.finetune(_params(params_json), method, seed, base, progress=False)
+    run = f"runs/{method}-s{seed}"
+    return fingerprint(base, f"{run}/model.safetensors", f"{run}/predictions.parquet")
 
 
 @task(cache_policy=CACHE, persist_result=True)
-def evaluate(params_json: str, section: str, base: str, code: str, upstream: list) -> dict:
-    return steps.evaluate(_params(params_json), base)
+def evaluate(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
+    steps.evaluate(_params(params_json), base)
+    return fingerprint(base, "metrics/all.csv")
 
 
 @task(cache_policy=CACHE, persist_result=True)
-def report(params_json: str, section: str, base: str, code: str, upstream: dict) -> dict:
+def diagnostics(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
+    steps.diagnostics(_params(params_json), base)
+    return fingerprint(base, "reports/diagnostics.md")
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def report(params_json: str, section: str, base: str, code: str, upstream: list) -> dict:
     return steps.report(_params(params_json), base)
 
 
 @flow(name="drm-pipeline")
 def drm_pipeline(params_path: str = "params.yaml") -> dict:
-    """world -> pretrain -> describe -> zeroshot -> finetune (methods x seeds) -> evaluate -> report."""
+    """world -> pretrain -> describe -> zeroshot -> finetune (methods x seeds) -> evaluate,
+    diagnostics -> report. Each task returns a content hash of its outputs."""
     params = load_params(params_path)
     base = str(Path(params_path).resolve().parent)
     pj = params.model_dump_json()
@@ -104,7 +131,8 @@ def drm_pipeline(params_path: str = "params.yaml") -> dict:
             runs.append(finetune(pj, section, method, seed, base, code, z))
     e = evaluate(pj, json.dumps({"evaluate": params.evaluate.model_dump(), "seeds": params.seeds,
                                  "methods": params.finetune.methods}, sort_keys=True), base, code, [z, *runs])
-    return report(pj, _section(params, "report"), base, code, e)
+    g = diagnostics(pj, _section(params, "world", "model", "data"), base, code, [p, z])
+    return report(pj, _section(params, "report"), base, code, [e, g])
 
 
 def main(argv=None):

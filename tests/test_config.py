@@ -16,7 +16,7 @@ def test_repository_params_file_is_valid():
     ({"finetune": {"lr": -1}}, "finetune.lr", "greater than 0"),
     ({"finetune": {"epochs": "ten"}}, "finetune.epochs", "integer"),
     ({"finetune": {"epoch": 3}}, "finetune.epoch", "unknown key"),
-    ({"evaluate": {"beta": 1.5}}, "evaluate.beta", "less than or equal to 1"),
+    ({"evaluate": {"beta": 1.5}}, "evaluate", "must be in [0, 1] or 'val'"),
     ({"methods": {"drm": {"loss": "drm", "estimator": "magic"}}}, "methods.drm.estimator", "weighted"),
     ({"methods": {"x": {"loss": "sgd"}}, "finetune": {"methods": ["x"]}}, "methods.x.loss", "erm"),
     ({"world": {"contrast": [0.9, 0.1]}}, "world.contrast", "low <= high"),

@@ -79,3 +79,15 @@ def test_clean_descriptions_untrusted_text():
 def test_validate_rejects_non_strings():
     with pytest.raises(DescriptionsError):
         validate_descriptions({"cat": [None]}, ["cat"])
+
+
+def test_rerun_with_same_result_leaves_file_byte_identical(tmp_path):
+    traits = {c: [f"trait {i} of {c}" for i in range(3)] for c in CLASSES}
+    out = tmp_path / "o.json"
+    run_describe(DescribeConfig(provider="world", per_class=2), ctx(tmp_path, traits), out)
+    first = out.read_bytes()
+    run_describe(DescribeConfig(provider="world", per_class=2), ctx(tmp_path, traits), out)
+    assert out.read_bytes() == first
+    assert json.loads((tmp_path / "o.run.json").read_text())["descriptions_file"] == "unchanged"
+    run_describe(DescribeConfig(provider="world", per_class=3), ctx(tmp_path, traits), out)
+    assert out.read_bytes() != first

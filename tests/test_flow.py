@@ -44,7 +44,8 @@ def test_flow_runs_caches_and_reruns_only_affected(harness, tmp_path):
     weights = tmp_path / "models/pretrained/open_clip_model.safetensors"
     run_model = tmp_path / "runs/drm-s0/model.safetensors"
     metrics = tmp_path / "metrics/evaluate.json"
-    stamps = {p: p.stat().st_mtime_ns for p in (weights, run_model, metrics)}
+    report = tmp_path / "reports/report.md"
+    stamps = {p: p.stat().st_mtime_ns for p in (weights, run_model, metrics, report)}
 
     drm_pipeline(str(pfile))  # nothing changed: every task is a cache hit
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -55,3 +56,11 @@ def test_flow_runs_caches_and_reruns_only_affected(harness, tmp_path):
     assert weights.stat().st_mtime_ns == stamps[weights]
     assert run_model.stat().st_mtime_ns == stamps[run_model]
     assert metrics.stat().st_mtime_ns != stamps[metrics]
+    assert report.stat().st_mtime_ns != stamps[report]
+    assert "beta" in report.read_text()
+
+    params["world"]["noise"] = [0.04, 0.06]  # upstream change: everything downstream reruns
+    pfile.write_text(yaml.safe_dump(params))
+    drm_pipeline(str(pfile))
+    assert weights.stat().st_mtime_ns != stamps[weights]
+    assert run_model.stat().st_mtime_ns != stamps[run_model]

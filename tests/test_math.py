@@ -158,3 +158,28 @@ def test_wise_interpolates_floats_only():
     assert torch.allclose(out["w"], torch.full((3,), 0.5))
     assert out["n"].item() == 7
     assert torch.allclose(wise_state(z, f, 0.0)["w"], z["w"])
+
+
+def _logit_table(split, y, df, cd):
+    import pyarrow as pa
+
+    from drm.inference import logits_table
+
+    meta = __import__("pandas").DataFrame({"id": [f"{split}{i}" for i in range(len(y))], "y": y})
+    return logits_table(split, meta, torch.tensor(df, dtype=torch.float32), torch.tensor(cd, dtype=torch.float32))
+
+
+def test_select_beta_picks_the_mixture_best_on_validation():
+    import pyarrow as pa
+
+    from drm.evaluate import select_beta
+
+    # id_val: df confidently right, cd mildly wrong; ood_val: df mildly wrong, cd confidently right.
+    y = np.array([0, 1, 0, 1])
+    right = np.eye(2)[y] * 6
+    wrong = np.eye(2)[1 - y] * 1
+    t = pa.concat_tables([_logit_table("id_val", y, right, wrong), _logit_table("ood_val", y, wrong, right)])
+    assert select_beta([t], [0.0, 0.5, 1.0], ("id_val", "ood_val")) == 0.5  # both splits right
+    # make the df head wrong everywhere: the best beta gives it no weight
+    t2 = pa.concat_tables([_logit_table("id_val", y, wrong * 6, right), _logit_table("ood_val", y, wrong * 6, right)])
+    assert select_beta([t2], [0.0, 0.5, 1.0], ("id_val", "ood_val")) == 0.0

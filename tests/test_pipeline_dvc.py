@@ -70,7 +70,7 @@ def project(tmp_path_factory):
 def test_repro_builds_every_artifact(project):
     proj, env, out = project
     assert {"world", "pretrain", "describe", "zeroshot", "finetune@erm-0", "finetune@drm-0",
-            "evaluate", "report"} <= _ran(out)
+            "evaluate", "diagnostics", "report"} <= _ran(out)
     assert (proj / "models/pretrained/open_clip_model.safetensors").exists()
     desc = json.loads((proj / "data/descriptions.json").read_text())
     assert desc["provenance"]["provider"] == "world" and len(desc["classnames"]) == 8
@@ -91,6 +91,7 @@ def test_repro_builds_every_artifact(project):
     report = (proj / "reports/report.md").read_text()
     assert "zero-shot" in report and "| erm |" in report and "| drm |" in report
     assert (proj / "reports/id_vs_ood.png").stat().st_size > 1000
+    assert "Diagnostics" in report and (proj / "reports/diagnostics.json").exists()
     shown = _run(["dvc", "metrics", "show", "--json"], proj, env)
     assert "evaluate.json" in shown
 

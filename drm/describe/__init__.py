@@ -9,6 +9,9 @@ The descriptions file (JSON, schema_version 1) is the `describe` stage's output:
       "provenance": {"provider": "world", "created": "...", "counts": {...}, ...}
     }
 
+Per-run statistics (requests, cache hits, tokens, seconds) go to a sidecar
+`<name>.run.json`; the descriptions file is rewritten only when its content changes.
+
 A provider turns class names into descriptions; providers are chosen by name from
 PROVIDERS. LLM output is untrusted text: every description passes `clean_descriptions`.
 """
@@ -168,7 +171,33 @@ def run_describe(cfg, ctx: DescribeContext, out_path) -> dict[str, list[str]]:
         for c, items in over.items():
             descriptions[c] = clean_descriptions(items)
         provenance["overrides"] = {"path": str(cfg.overrides), "classes": sorted(over)}
-    provenance["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     provenance["counts"] = {c: len(descriptions[c]) for c in ctx.classnames}
-    save_descriptions(out_path, ctx.classnames, descriptions, provenance)
+    # Per-run statistics go to a sidecar, so a rerun that yields the same descriptions
+    # leaves the descriptions file (a dependency of everything downstream) byte-identical.
+    run_info = {k: provenance.pop(k) for k in VOLATILE_PROVENANCE if k in provenance}
+    run_info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out_path = Path(out_path)
+    if not _same_content(out_path, ctx.classnames, descriptions, provenance):
+        provenance["created"] = run_info["finished"]
+        save_descriptions(out_path, ctx.classnames, descriptions, provenance)
+        run_info["descriptions_file"] = "written"
+    else:
+        run_info["descriptions_file"] = "unchanged"
+    sidecar = out_path.with_suffix(".run.json")
+    sidecar.write_text(json.dumps(run_info, indent=2) + "\n")
     return descriptions
+
+
+VOLATILE_PROVENANCE = ("requests", "cache_hits", "tokens", "seconds", "created")
+
+
+def _same_content(path: Path, classnames, descriptions, provenance) -> bool:
+    if not path.exists():
+        return False
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    old_prov = {k: v for k, v in old.get("provenance", {}).items() if k != "created"}
+    return (old.get("classnames") == list(classnames) and old.get("descriptions") == descriptions
+            and old_prov == json.loads(json.dumps(provenance)))

@@ -27,15 +27,19 @@ def read_class_mapping(path, classnames: list[str], require_all: bool = True) ->
     if not isinstance(raw, dict):
         raise DescriptionsError(f"{path}: expected a JSON object class -> description(s)")
     index = {c: i for i, c in enumerate(classnames)}
-    lowered = {c.lower(): c for c in classnames}
+    if len(index) != len(classnames):
+        dup = sorted({c for c in classnames if classnames.count(c) > 1})
+        raise DescriptionsError(f"the data source has duplicate class names {dup[:10]}: give them distinct names")
+    norm = lambda k: " ".join(k.replace("_", " ").lower().split())  # "Airport_hangar" == "airport hangar"
+    lowered = {norm(c): c for c in classnames}
     out: dict[str, list[str]] = {}
     unknown = []
     for key, value in raw.items():
         name = None
         if key in index:
             name = key
-        elif key.lower() in lowered:
-            name = lowered[key.lower()]
+        elif norm(key) in lowered:
+            name = lowered[norm(key)]
         elif key.strip().isdigit() and int(key) < len(classnames):
             name = classnames[int(key)]
         if name is None:

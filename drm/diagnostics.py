@@ -1,0 +1,194 @@
+"""Diagnostics: does the world satisfy the method's premises? (the `diagnostics` stage)
+
+1. core features: a linear probe on the pre-trained model's frozen image features predicts
+   the class on images whose non-core features are random (ood_val; id_val off-context);
+2. cd prompts detect core features better than df prompts (the paper's Figure 2): render
+   controlled pairs and measure how much the affinity to the true class's prompt moves when
+   the non-core features (background, colours, style) are swapped vs when the object is;
+3. the core estimates carry information: their mean differs between training samples whose
+   background agrees with the label and those where it doesn't, and between clear and
+   unclear (small or faint) objects;
+4. the problem exists: ERM raises ID-val accuracy over zero-shot and lowers OOD-val accuracy
+   (from the evaluate stage's metrics; the report computes it, so beta never reruns 1-3).
+Everything here reads validation splits (or fresh renders), never the test splits.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from drm.errors import require
+
+
+def linear_probe(features: np.ndarray, y: np.ndarray, folds: int = 3, seed: int = 0) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_score
+
+    cv = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(LogisticRegression(max_iter=3000), features, y, cv=cv).mean())
+
+
+def probe_core(encode, source, transform, batch_size=512) -> dict:
+    from drm.inference import encode_split
+
+    out = {"chance": 1 / len(source.classnames)}
+    for name, mask_fn in (("ood_val", lambda m: np.ones(len(m), bool)),
+                          ("id_val_off_context", lambda m: ~m["bg_match"].to_numpy())):
+        split = source.load(name.replace("_off_context", ""), transform)
+        feats = encode_split(encode, split, batch_size, progress=False).numpy()
+        mask = mask_fn(split.meta)
+        out[name] = {"n": int(mask.sum()), "probe_accuracy": linear_probe(feats[mask], split.meta["y"].to_numpy()[mask])}
+    return out
+
+
+def swap_pairs(world_cfg, n: int, seed: int):
+    """Base images and two controlled variants: non-core swapped (background, object colour,
+    style) and object swapped (another shape, everything else kept). Returns uint8 arrays and
+    the base labels."""
+    from drm.world import CLASSNAMES, PALETTE, STYLES, _colours, render
+
+    rng = np.random.default_rng(seed)
+    C, canvas = len(CLASSNAMES), world_cfg.canvas
+    colours = np.array(list(PALETTE.values()))
+    y = rng.integers(0, C, n)
+    y_other = (y + rng.integers(1, C, n)) % C
+    style = rng.integers(0, len(STYLES), n)
+    style_other = (style + rng.integers(1, len(STYLES), n)) % len(STYLES)
+    bg_i = rng.integers(0, len(colours), n)
+    bg_other = (bg_i + rng.integers(1, len(colours), n)) % len(colours)
+    radius = rng.uniform(*world_cfg.radius, n) * canvas
+    contrast = rng.uniform(max(0.5, world_cfg.contrast[0]), max(0.5, world_cfg.contrast[1]), n)
+    cx = rng.uniform(radius + 2, canvas - radius - 2)
+    cy = rng.uniform(radius + 2, canvas - radius - 2)
+    rot = rng.uniform(-0.25, 0.25, n)
+    noise = np.full(n, world_cfg.noise[0])
+    fg = _colours(rng, colours[bg_i], contrast)
+    fg_other = _colours(rng, colours[bg_other], contrast)
+
+    def draw(shape, sty, bg, fgc):  # same noise draw for every variant
+        return render(shape, sty, bg, fgc, cx, cy, radius, rot, noise, np.random.default_rng(seed + 1),
+                      canvas, world_cfg.image_size)
+
+    base = draw(y, style, colours[bg_i], fg)
+    noncore = draw(y, style_other, colours[bg_other], fg_other)
+    obj = draw(y_other, style, colours[bg_i], fg)
+    return base, noncore, obj, y
+
+
+def swap_sensitivity(encode, transform, heads, world_cfg, n=500, seed=123) -> dict:
+    """Mean |change| of cos(image, true class's prompt) per head under each swap."""
+    from PIL import Image
+
+    df, cd = heads
+    base, noncore, obj, y = swap_pairs(world_cfg, n, seed)
+
+    @torch.no_grad()
+    def feats(arr):
+        x = torch.stack([transform(Image.fromarray(a)) for a in arr])
+        return torch.nn.functional.normalize(encode(x).float(), dim=-1)
+
+    fb, fn, fo = feats(base), feats(noncore), feats(obj)
+    yt = torch.as_tensor(y)
+    out = {"n_pairs": n}
+    for name, head in (("df", df), ("cd", cd)):
+        a = lambda f: (f * head[yt]).sum(-1)
+        d_non = (a(fb) - a(fn)).abs().mean().item()
+        d_obj = (a(fb) - a(fo)).abs().mean().item()
+        out[name] = {"delta_noncore": d_non, "delta_object": d_obj, "noncore_over_object": d_non / max(d_obj, 1e-12)}
+    out["cd_more_core_than_df"] = out["cd"]["noncore_over_object"] < out["df"]["noncore_over_object"]
+    return out
+
+
+def core_information(core_path, train_meta: pd.DataFrame) -> dict:
+    core = pq.read_table(require(core_path, "zeroshot")).to_pandas().set_index("id")
+    meta = train_meta.set_index(train_meta["id"].astype(str))
+    core = core.loc[meta.index]
+    y = core["y"].to_numpy()
+    p_true = np.stack(core["soft"].to_numpy())[np.arange(len(y)), y]
+    frame = pd.DataFrame({"weighted": core["weighted"].to_numpy(), "soft_p_true": p_true,
+                          "ratio": core["ratio"].to_numpy(), "bg_match": meta["bg_match"].to_numpy(),
+                          "clear": (meta["clarity"] == "clear").to_numpy()})
+    out = {}
+    for group in ("bg_match", "clear"):
+        g = frame.groupby(group)[["weighted", "soft_p_true", "ratio"]].mean()
+        out[group] = {str(bool(k)): {c: float(v) for c, v in row.items()} for k, row in g.iterrows()}
+    out["clear_minus_unclear"] = {c: out["clear"]["True"][c] - out["clear"].get("False", {}).get(c, np.nan)
+                                  for c in ("weighted", "soft_p_true", "ratio")}
+    return out
+
+
+def problem_exists(metrics_csv, id_split="id_val", ood_split="ood_val") -> dict:
+    frame = pd.read_csv(require(metrics_csv, "evaluate"))
+    out = {}
+    if "erm" not in set(frame.method):
+        return {"note": "no 'erm' runs in the metrics: add erm to finetune.methods to measure this"}
+    for head in ("df", "dual"):
+        def acc(method, split, alpha):
+            sub = frame[(frame.method == method) & (frame.split == split) & (frame["head"] == head)
+                        & (frame.alpha == alpha)]
+            return float(sub.accuracy.mean())
+
+        zs_id, zs_ood = acc("zeroshot", id_split, 0.0), acc("zeroshot", ood_split, 0.0)
+        erm_id, erm_ood = acc("erm", id_split, 1.0), acc("erm", ood_split, 1.0)
+        out[head] = {"zeroshot": {id_split: zs_id, ood_split: zs_ood}, "erm": {id_split: erm_id, ood_split: erm_ood},
+                     "erm_gains_id": erm_id > zs_id, "erm_loses_ood": erm_ood < zs_ood}
+    return out
+
+
+def to_markdown(d: dict) -> str:
+    p, s, c = d["probe"], d["swap"], d["core"]
+    pct = lambda v: f"{100 * v:.1f}"
+    lines = [
+        "## Diagnostics: the method's premises, measured on validation splits", "",
+        f"1. **Core features exist.** Linear probe on frozen pre-trained image features (3-fold CV): "
+        f"ood_val (random backgrounds, unseen styles) {pct(p['ood_val']['probe_accuracy'])}%, "
+        f"id_val off-context backgrounds {pct(p['id_val_off_context']['probe_accuracy'])}% "
+        f"(chance {pct(p['chance'])}%).",
+        f"2. **cd prompts are better core detectors than df prompts** ({s['n_pairs']} rendered pairs; "
+        "mean |change| of the cosine to the true class's prompt):", "",
+        "| head | non-core swapped (bg, colour, style) | object swapped | ratio |", "|---|---|---|---|",
+    ]
+    for h in ("df", "cd"):
+        lines.append(f"| {h} | {s[h]['delta_noncore']:.4f} | {s[h]['delta_object']:.4f} | {s[h]['noncore_over_object']:.3f} |")
+    lines += ["", f"   Premise {'holds' if s['cd_more_core_than_df'] else 'FAILS'}: the cd ratio is "
+              f"{'lower' if s['cd_more_core_than_df'] else 'not lower'} than the df ratio.",
+              "3. **Core estimates carry information** (training split, means):", "",
+              "| group | weighted | soft p_c(y\\|x) | ratio |", "|---|---|---|---|"]
+    for group, label in (("bg_match", "background agrees with label"), ("clear", "clear object")):
+        for k, v in c[group].items():
+            lines.append(f"| {label}: {k} | {v['weighted']:.3f} | {v['soft_p_true']:.3f} | {v['ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def problem_markdown(e: dict) -> str:
+    """Premise 4, from the evaluate stage's metrics (the report appends it)."""
+    pct = lambda v: f"{100 * v:.1f}"
+    if "note" in e:
+        return f"4. **The problem exists**: not measured ({e['note']}).\n"
+    lines = ["4. **The problem exists** (ERM vs zero-shot, validation accuracy %):", "",
+             "| head | zero-shot ID | ERM ID | zero-shot OOD | ERM OOD | ERM gains ID | ERM loses OOD |",
+             "|---|---|---|---|---|---|---|"]
+    for h, v in e.items():
+        i, o = list(v["zeroshot"])
+        lines.append(f"| {h} | {pct(v['zeroshot'][i])} | {pct(v['erm'][i])} | {pct(v['zeroshot'][o])} | "
+                     f"{pct(v['erm'][o])} | {v['erm_gains_id']} | {v['erm_loses_ood']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_diagnostics(model, transform, source, heads, world_cfg, zs_dir, out_json, out_md) -> dict:
+    encode = model.encode_image
+    train_meta = source.load(next(s for s, r in source.splits.items() if r == "train")).meta
+    d = {
+        "probe": probe_core(encode, source, transform),
+        "swap": swap_sensitivity(encode, transform, heads, world_cfg),
+        "core": core_information(Path(zs_dir) / "core.parquet", train_meta),
+    }
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_json).write_text(json.dumps(d, indent=2) + "\n")
+    Path(out_md).write_text(to_markdown(d))
+    return d
