@@ -196,7 +196,7 @@ class Params(Strict):
     zeroshot: ZeroshotConfig = Field(default_factory=ZeroshotConfig)
     methods: dict[str, MethodConfig] = Field(default_factory=lambda: {
         "erm": MethodConfig(loss="erm"),
-        "drm": MethodConfig(loss="drm", lam=1.0, estimator="soft"),
+        "drm": MethodConfig(loss="drm", lam=10.0, estimator="soft"),
         "distill": MethodConfig(loss="distill", lam=1.0),
     })
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
