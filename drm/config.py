@@ -167,6 +167,7 @@ class EvaluateConfig(Strict):
     beta: float | Literal["val"] = 0.5
     beta_grid: list[float] = [round(0.1 * i, 1) for i in range(11)]
     select_splits: list[str] = ["id_val", "ood_val"]
+    beta_id_tolerance: float = Field(1.0, ge=0, le=100)  # points of ID-val accuracy beta may cost
     group_by: list[str] = ["style", "bg"]
     batch_size: int = Field(512, ge=1)
 

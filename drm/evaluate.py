@@ -63,29 +63,34 @@ def _split_filter(table, column, value):
     return table.filter(pa.array(table.column(column).to_numpy(zero_copy_only=False) == value))
 
 
-def select_beta(tables: list, grid: list[float], splits: tuple[str, str]) -> float:
-    """The dual-inference beta with the best mean of ID-val and OOD-val accuracy, averaged
-    over the given tables (one per seed); ties go to the beta closest to 0.5."""
+def select_beta(tables: list, grid: list[float], splits: tuple[str, str], id_tolerance: float = 1.0) -> float:
+    """The dual-inference beta with the best OOD-val accuracy among those whose ID-val
+    accuracy is within id_tolerance points of the best ID-val accuracy over the grid;
+    accuracies are means over the given tables (one per seed); ties go to beta nearest 0.5."""
     import numpy as np
 
-    scores = []
-    for beta in grid:
-        accs = []
+    id_split, ood_split = splits
+
+    def acc(beta, split):
+        out = []
         for table in tables:
-            for split in splits:
-                sub = _split_filter(table, "split", split)
-                pred = head_predictions(sub, beta)["dual"]
-                accs.append(float((pred == sub.column("y").to_numpy()).mean()))
-        scores.append(np.mean(accs))
-    best = max(scores)
-    return min((b for b, sc in zip(grid, scores) if sc >= best - 1e-12), key=lambda b: abs(b - 0.5))
+            sub = _split_filter(table, "split", split)
+            out.append(float((head_predictions(sub, beta)["dual"] == sub.column("y").to_numpy()).mean()))
+        return float(np.mean(out))
+
+    ids = {b: acc(b, id_split) for b in grid}
+    ok = [b for b in grid if ids[b] >= max(ids.values()) - id_tolerance / 100 - 1e-12]
+    oods = {b: acc(b, ood_split) for b in ok}
+    best = max(oods.values())
+    return min((b for b in ok if oods[b] >= best - 1e-12), key=lambda b: abs(b - 0.5))
 
 
 def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv, out_json) -> pd.DataFrame:
     """runs: (method, seed) -> run directory holding predictions.parquet.
 
-    evaluate.beta is a number, or "val": then beta is chosen per (method, WiSE alpha) on the
-    validation splits (selection.splits), mean over seeds, and recorded in the `beta` column."""
+    evaluate.beta is a number, or "val": then beta is chosen per method on the validation
+    splits (select_splits) at alpha 1 (zero-shot: alpha 0) by select_beta, used for every
+    WiSE-FT alpha of that method, and recorded in the `beta` column."""
     metas = {s: source.load(s).meta for s, r in source.splits.items() if r != "train"}
     missing = [g for g in cfg.group_by if any(g not in m.columns for m in metas.values())]
     if missing:
@@ -101,8 +106,12 @@ def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv
         table = pq.read_table(require(Path(run_dir) / "predictions.parquet", f"finetune@{method}-{seed}"))
         for alpha in sorted(set(table.column("alpha").to_pylist())):
             groups.setdefault((method, float(alpha)), []).append((seed, _split_filter(table, "alpha", alpha)))
-    betas = {key: (select_beta([t for _, t in tabs], cfg.beta_grid, tuple(cfg.select_splits)) if by_val
-                   else float(cfg.beta)) for key, tabs in groups.items()}
+    chosen = {}
+    for (method, alpha), tabs in groups.items():
+        if alpha == max(a for m, a in groups if m == method):  # the fine-tuned model itself
+            chosen[method] = (select_beta([t for _, t in tabs], cfg.beta_grid, tuple(cfg.select_splits),
+                                          cfg.beta_id_tolerance) if by_val else float(cfg.beta))
+    betas = {(method, alpha): chosen[method] for method, alpha in groups}
     zs_rows = evaluate_table(zs, "zeroshot", -1, 0.0, source, metas, cfg, betas[("zeroshot", 0.0)])
     rows = list(zs_rows)
     for (method, seed) in runs:

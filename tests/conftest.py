@@ -15,6 +15,21 @@ TINY_PARAMS = {
 }
 
 
+def tiny_params_dict() -> dict:
+    """The project's params.yaml with TINY_PARAMS merged in (a valid, minutes-free run)."""
+    from pathlib import Path
+
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    return params
+
+
 @pytest.fixture
 def tiny_params():
     import copy

@@ -28,14 +28,9 @@ def harness():
 
 def test_flow_runs_caches_and_reruns_only_affected(harness, tmp_path):
     from pipeline.flow import drm_pipeline
-    from tests.conftest import TINY_PARAMS
+    from tests.conftest import tiny_params_dict
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY_PARAMS.items():
-        if isinstance(values, dict):
-            params[section].update(values)
-        else:
-            params[section] = values
+    params = tiny_params_dict()
     params["finetune"]["methods"] = ["drm"]
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))

@@ -183,3 +183,8 @@ def test_select_beta_picks_the_mixture_best_on_validation():
     # make the df head wrong everywhere: the best beta gives it no weight
     t2 = pa.concat_tables([_logit_table("id_val", y, wrong * 6, right), _logit_table("ood_val", y, wrong * 6, right)])
     assert select_beta([t2], [0.0, 0.5, 1.0], ("id_val", "ood_val")) == 0.0
+    # cd is better on OOD but costs ID: the ID tolerance decides
+    t3 = pa.concat_tables([_logit_table("id_val", y, right, np.eye(2)[[0, 1, 1, 1]] * 6),
+                           _logit_table("ood_val", y, wrong, right)])
+    assert select_beta([t3], [0.0, 1.0], ("id_val", "ood_val"), id_tolerance=1.0) == 1.0
+    assert select_beta([t3], [0.0, 1.0], ("id_val", "ood_val"), id_tolerance=30.0) == 0.0

@@ -41,7 +41,7 @@ def _ran(out: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from tests.conftest import TINY_PARAMS
+    from tests.conftest import tiny_params_dict
 
     tmp = tmp_path_factory.mktemp("dvcproj")
     proj = tmp / "proj"
@@ -49,12 +49,7 @@ def project(tmp_path_factory):
     for name in ("drm", "stages"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY_PARAMS.items():
-        if isinstance(values, dict):
-            params[section].update(values)
-        else:
-            params[section] = values
+    params = tiny_params_dict()
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _env(tmp)
     _run(["git", "init", "-q"], proj, env)
