@@ -180,14 +180,17 @@ def problem_markdown(e: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_diagnostics(model, transform, source, heads, world_cfg, zs_dir, out_json, out_md) -> dict:
+def run_diagnostics(model, transform, source, heads, world_cfg, zs_dir, out_json, out_md, progress=True) -> dict:
+    from tqdm import tqdm
+
     encode = model.encode_image
     train_meta = source.load(next(s for s, r in source.splits.items() if r == "train")).meta
-    d = {
-        "probe": probe_core(encode, source, transform),
-        "swap": swap_sensitivity(encode, transform, heads, world_cfg),
-        "core": core_information(Path(zs_dir) / "core.parquet", train_meta),
+    jobs = {
+        "probe": lambda: probe_core(encode, source, transform),
+        "swap": lambda: swap_sensitivity(encode, transform, heads, world_cfg),
+        "core": lambda: core_information(Path(zs_dir) / "core.parquet", train_meta),
     }
+    d = {name: job() for name, job in tqdm(jobs.items(), desc="diagnostics", disable=not progress)}
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(out_json).write_text(json.dumps(d, indent=2) + "\n")
     Path(out_md).write_text(to_markdown(d))

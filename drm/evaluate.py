@@ -85,7 +85,8 @@ def select_beta(tables: list, grid: list[float], splits: tuple[str, str], id_tol
     return min((b for b in ok if oods[b] >= best - 1e-12), key=lambda b: abs(b - 0.5))
 
 
-def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv, out_json) -> pd.DataFrame:
+def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv, out_json,
+                 progress: bool = True) -> pd.DataFrame:
     """runs: (method, seed) -> run directory holding predictions.parquet.
 
     evaluate.beta is a number, or "val": then beta is chosen per method on the validation
@@ -117,11 +118,11 @@ def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv
     for (method, seed) in runs:
         # WiSE-FT alpha 0 is the zero-shot model itself: its rows, under this run's name.
         rows += [{**r, "method": method, "seed": seed} for r in zs_rows]
-    for (method, alpha), tabs in groups.items():
-        if method == "zeroshot":
-            continue
-        for seed, table in tabs:
-            rows += evaluate_table(table, method, seed, alpha, source, metas, cfg, betas[(method, alpha)])
+    from tqdm import tqdm
+
+    todo = [(m, a, seed, t) for (m, a), tabs in groups.items() if m != "zeroshot" for seed, t in tabs]
+    for method, alpha, seed, table in tqdm(todo, desc="evaluate: runs x alphas", disable=not progress):
+        rows += evaluate_table(table, method, seed, alpha, source, metas, cfg, betas[(method, alpha)])
     if not rows:
         raise DRMError("nothing to evaluate")
     frame = pd.DataFrame(rows)

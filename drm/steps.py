@@ -92,14 +92,14 @@ def finetune(params: Params, method: str, seed: int, base=".", zeroshot_dir="dat
 
 
 def evaluate(params: Params, base=".", zeroshot_dir="data/zeroshot", runs_dir="runs",
-             out_csv="metrics/all.csv", out_json="metrics/evaluate.json") -> dict:
+             out_csv="metrics/all.csv", out_json="metrics/evaluate.json", progress=True) -> dict:
     from drm.datasets import open_source
     from drm.evaluate import run_evaluate
 
     source = open_source(params.data, base)
     runs = {(m, s): Path(base) / runs_dir / f"{m}-s{s}" for m in params.finetune.methods for s in params.seeds}
     frame = run_evaluate(source, Path(base) / zeroshot_dir, runs, params.evaluate,
-                         Path(base) / out_csv, Path(base) / out_json)
+                         Path(base) / out_csv, Path(base) / out_json, progress)
     return {"rows": len(frame), "out": str(out_json)}
 
 
@@ -117,7 +117,7 @@ def report(params: Params, base=".", metrics="metrics/all.csv", out="reports/rep
 
 
 def diagnostics(params: Params, base=".", zeroshot_dir="data/zeroshot",
-                out_json="reports/diagnostics.json", out_md="reports/diagnostics.md") -> dict:
+                out_json="reports/diagnostics.json", out_md="reports/diagnostics.md", progress=True) -> dict:
     """The world's premises, measured (embedded world only: it renders controlled pairs)."""
     from drm.datasets import open_source
     from drm.diagnostics import run_diagnostics
@@ -136,6 +136,6 @@ def diagnostics(params: Params, base=".", zeroshot_dir="data/zeroshot",
     model, _, eval_tf, _ = load_pretrained(params.model.name, params.model.pretrained, "cpu", base)
     df, cd, _ = load_heads(Path(base) / zeroshot_dir)
     d = run_diagnostics(model, eval_tf, source, (df, cd), params.world, Path(base) / zeroshot_dir,
-                        Path(base) / out_json, Path(base) / out_md)
+                        Path(base) / out_json, Path(base) / out_md, progress)
     return {"probe_ood_val": d["probe"]["ood_val"]["probe_accuracy"],
             "cd_more_core_than_df": d["swap"]["cd_more_core_than_df"]}

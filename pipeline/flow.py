@@ -94,13 +94,13 @@ def finetune(params_json: str, section: str, method: str, seed: int, base: str, 
 
 @task(cache_policy=CACHE, persist_result=True)
 def evaluate(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
-    steps.evaluate(_params(params_json), base)
+    steps.evaluate(_params(params_json), base, progress=False)
     return fingerprint(base, "metrics/all.csv")
 
 
 @task(cache_policy=CACHE, persist_result=True)
 def diagnostics(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
-    steps.diagnostics(_params(params_json), base)
+    steps.diagnostics(_params(params_json), base, progress=False)
     return fingerprint(base, "reports/diagnostics.md")
 
 

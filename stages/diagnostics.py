@@ -11,7 +11,8 @@ def main():
     from drm import steps
 
     params, base = cli.load(args)
-    return "diagnostics", steps.diagnostics(params, base, args.zeroshot, args.out_json, args.out_md)
+    return "diagnostics", steps.diagnostics(params, base, args.zeroshot, args.out_json, args.out_md,
+                                            cli.progress_enabled(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ def main():
     from drm import steps
 
     params, base = cli.load(args)
-    return "evaluate", steps.evaluate(params, base, args.zeroshot, args.runs, args.out_csv, args.out_json)
+    return "evaluate", steps.evaluate(params, base, args.zeroshot, args.runs, args.out_csv, args.out_json,
+                                      cli.progress_enabled(args))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from drm.errors import DRMError, MissingArtifactError
 
@@ -31,7 +32,9 @@ def test_unknown_method_on_the_command_line(tmp_path):
 
 
 def test_invalid_params_fail_before_any_work(tmp_path):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("beta: 0.5", "beta: 2"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["evaluate"]["beta"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     r = stage("evaluate", cwd=tmp_path)
     assert r.returncode == 2 and "evaluate.beta" in r.stderr
 
