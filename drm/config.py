@@ -132,9 +132,11 @@ LOSSES = ("erm", "drm", "distill")
 
 
 class MethodConfig(Strict):
-    loss: Literal["erm", "drm", "distill"]
+    loss: Literal["erm", "drm", "distill", "lpft"]
     lam: float = Field(1.0, ge=0)
     estimator: Literal["weighted", "soft", "ratio"] = "soft"
+    lr_scale: float = Field(1.0, gt=0, le=100)  # this method's lr = finetune.lr * lr_scale
+    lp_c: float = Field(1.0, gt=0)  # lpft: inverse L2 strength of the logistic-regression probe
 
 
 class FinetuneConfig(Strict):

@@ -133,6 +133,25 @@ def predict(model, zeroshot_state, source, transform, alphas, batch_size=512, de
     return pa.concat_tables(tables)
 
 
+def linear_probe_head(model: DualHeadClassifier, split, n_classes: int, c: float = 1.0, batch_size=512,
+                      num_workers=0, progress=True) -> torch.Tensor:
+    """LP-FT's first step: multinomial logistic regression on the frozen, normalised image
+    features; returns df-head weights W with logit_scale * f @ W.T equal to the probe's
+    logits (without its intercept)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from drm.inference import encode_split
+
+    model.eval()
+    feats = encode_split(model.visual, split, batch_size, num_workers=num_workers, progress=progress,
+                         desc="lpft: linear probe features").numpy()
+    y = split.meta["y"].to_numpy()
+    probe = LogisticRegression(C=c, max_iter=2000).fit(feats, y)
+    coef = torch.zeros(n_classes, feats.shape[1])
+    coef[torch.as_tensor(probe.classes_)] = torch.as_tensor(probe.coef_, dtype=torch.float32)
+    return coef / model.logit_scale
+
+
 def run_finetune(pretrained_model, heads, source, transforms, method_name, method_cfg, cfg, wise_alphas,
                  seed, zs_dir, out_dir, num_workers=0, progress=True) -> dict:
     """Train one (method, seed) run and write model.safetensors, predictions.parquet, run.json."""
@@ -145,9 +164,16 @@ def run_finetune(pretrained_model, heads, source, transforms, method_name, metho
     df, cd, scale = heads
     model = DualHeadClassifier(copy.deepcopy(pretrained_model.visual), df, cd, scale)
     zeroshot_state = copy.deepcopy(model.state_dict())
-    train_split = source.load(next(s for s, r in source.splits.items() if r == "train"), train_tf)
+    train_name = next(s for s, r in source.splits.items() if r == "train")
+    train_split = source.load(train_name, train_tf)
     core = load_core(zs_dir, train_split.meta)
     t0 = time.time()
+    if method_cfg.loss == "lpft":
+        with torch.no_grad():
+            model.df.copy_(linear_probe_head(model, source.load(train_name, eval_tf), len(source.classnames),
+                                             method_cfg.lp_c, num_workers=num_workers, progress=progress))
+    if method_cfg.lr_scale != 1.0:
+        cfg = cfg.model_copy(update={"lr": cfg.lr * method_cfg.lr_scale})
     with live_logger(str(out / "live")) as live:
         live.log_params({"method": method_name, "seed": seed, **method_cfg.model_dump(),
                          **cfg.model_dump(exclude={"methods"})})

@@ -6,6 +6,8 @@ the labels, the batch's core estimates (columns of core.parquet) and the method 
   weighted/ratio: mean_i w_i * CE(cd_i, y_i); soft: mean_i CE(cd_i, p_c(.|x_i)).
 - distill (control): CE(df, y) + lam * CE(df, p_df_pretrained): the pre-trained df
   predictions distilled into the df head, no cd head involved.
+- lpft (LP-FT baseline): the ERM loss, from a df head initialised by a linear probe on
+  frozen features (drm.finetune.linear_probe_head) and usually a smaller lr (lr_scale).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def distill_loss(df, cd, y, core, cfg):
     return F.cross_entropy(df.float(), y) + cfg.lam * soft_cross_entropy(df, core["df_soft"])
 
 
-LOSSES = {"erm": erm_loss, "drm": drm_loss, "distill": distill_loss}
+LOSSES = {"erm": erm_loss, "drm": drm_loss, "distill": distill_loss, "lpft": erm_loss}
 
 
 def get_loss(name: str):

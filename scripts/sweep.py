@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--variant", action="append", required=True, help='NAME=JSON method config')
     ap.add_argument("--finetune", default="{}", help="JSON overrides of the finetune section")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--beta", type=float, default=0.5, help="dual-inference beta for the table (default 0.5)")
     args = ap.parse_args()
 
     import pyarrow as pa
@@ -57,7 +58,8 @@ def main():
             table = pq.read_table(run_dir / "predictions.parquet")
             for alpha in (0.5, 1.0):
                 mask = pa.array(table.column("alpha").to_numpy() == alpha)
-                rows += evaluate_table(table.filter(mask), name, seed, alpha, source, metas, params.evaluate)
+                rows += evaluate_table(table.filter(mask), name, seed, alpha, source, metas, params.evaluate,
+                                       beta=args.beta)
     frame = pd.DataFrame(rows)
     summary = (frame.pivot_table(index=["method", "alpha"], columns=["split", "head"], values="accuracy",
                                  aggfunc="mean") * 100).round(1)

@@ -188,3 +188,23 @@ def test_select_beta_picks_the_mixture_best_on_validation():
                            _logit_table("ood_val", y, wrong, right)])
     assert select_beta([t3], [0.0, 1.0], ("id_val", "ood_val"), id_tolerance=1.0) == 1.0
     assert select_beta([t3], [0.0, 1.0], ("id_val", "ood_val"), id_tolerance=30.0) == 0.0
+
+
+def test_linear_probe_head_reproduces_probe_logits():
+    """LP-FT's head: logit_scale * f @ W.T ranks classes as the fitted probe does."""
+    import pandas as pd
+
+    from drm.datasets import Split
+    from drm.finetune import linear_probe_head
+    from drm.models import DualHeadClassifier
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.randn(60, 4, generator=g) * 0.3
+    x[torch.arange(60), y] += 2.0  # class c lights up feature c
+    ds = torch.utils.data.TensorDataset(x, y)
+    split = Split("train", "train", pd.DataFrame({"id": [str(i) for i in range(60)], "y": y.numpy()}), ds)
+    model = DualHeadClassifier(torch.nn.Identity(), torch.zeros(3, 4), torch.zeros(3, 4), logit_scale=20.0)
+    model.df.data = linear_probe_head(model, split, 3, c=10.0, progress=False)
+    df, _ = model(x)
+    assert (df.argmax(-1) == y).float().mean() > 0.95

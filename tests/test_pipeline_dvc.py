@@ -64,7 +64,7 @@ def project(tmp_path_factory):
 
 def test_repro_builds_every_artifact(project):
     proj, env, out = project
-    assert {"world", "pretrain", "describe", "zeroshot", "finetune@erm-0", "finetune@drm-0",
+    assert {"world", "pretrain", "describe", "zeroshot", "finetune@erm-0", "finetune@drm-0", "finetune@lpft-0",
             "evaluate", "diagnostics", "report"} <= _ran(out)
     assert (proj / "models/pretrained/open_clip_model.safetensors").exists()
     desc = json.loads((proj / "data/descriptions.json").read_text())
@@ -81,7 +81,9 @@ def test_repro_builds_every_artifact(project):
     drm0 = frame[(frame.method == "drm") & (frame.alpha == 0.0)].set_index(["split", "head"]).accuracy
     assert drm0.sort_index().equals(zs.sort_index())
     metrics = json.loads((proj / "metrics/evaluate.json").read_text())
-    assert {"zeroshot", "erm", "drm"} <= set(metrics)
+    assert {"zeroshot", "erm", "drm", "lpft"} <= set(metrics)
+    lpft = json.loads((proj / "runs/lpft-s0/run.json").read_text())
+    assert lpft["method_cfg"]["loss"] == "lpft"
     assert 0.0 <= metrics["drm"]["ood_test"]["dual"] <= 1.0
     report = (proj / "reports/report.md").read_text()
     assert "zero-shot" in report and "| erm |" in report and "| drm |" in report
