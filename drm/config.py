@@ -84,10 +84,6 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0)
 
 
-class FileDescribeConfig(Strict):
-    pass
-
-
 class DescribeConfig(Strict):
     provider: str = "world"
     per_class: int = Field(5, ge=1, le=100)
@@ -104,9 +100,6 @@ class DescribeConfig(Strict):
         if self.provider == "file" and not self.file:
             raise ValueError("describe.provider 'file' needs describe.file (path to a JSON file)")
         return self
-
-
-ESTIMATORS = ("weighted", "soft", "ratio")
 
 
 class ZeroshotConfig(Strict):
@@ -128,15 +121,20 @@ class ZeroshotConfig(Strict):
         return self
 
 
-LOSSES = ("erm", "drm", "distill")
-
-
 class MethodConfig(Strict):
     loss: Literal["erm", "drm", "distill", "lpft"]
     lam: float = Field(1.0, ge=0)
     estimator: Literal["weighted", "soft", "ratio"] = "soft"
     lr_scale: float = Field(1.0, gt=0, le=100)  # this method's lr = finetune.lr * lr_scale
     lp_c: float = Field(1.0, gt=0)  # lpft: inverse L2 strength of the logistic-regression probe
+
+    @model_validator(mode="after")
+    def _no_ignored_keys(self):
+        used = {"erm": set(), "lpft": {"lp_c"}, "drm": {"lam", "estimator"}, "distill": {"lam"}}[self.loss]
+        ignored = (self.model_fields_set & {"lam", "estimator", "lp_c"}) - used
+        if ignored:
+            raise ValueError(f"{sorted(ignored)} have no effect with loss {self.loss!r}; remove them")
+        return self
 
 
 class FinetuneConfig(Strict):
@@ -170,9 +168,7 @@ class EvaluateConfig(Strict):
     beta_grid: list[float] = [round(0.1 * i, 1) for i in range(11)]
     select_splits: list[str] = ["id_val", "ood_val"]
     beta_id_tolerance: float = Field(1.0, ge=0, le=100)  # points of ID-val accuracy beta may cost
-    group_by: list[str] = ["style", "bg"]
-    batch_size: int = Field(512, ge=1)
-
+    group_by: list[str] = ["style", "bg", "clarity"]
 
     @model_validator(mode="after")
     def _beta(self):

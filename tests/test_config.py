@@ -29,6 +29,11 @@ def test_bad_values_name_the_key(raw, key, words):
     assert key.split(".")[0] in str(e.value)
 
 
+def test_knobs_a_loss_ignores_are_rejected():
+    with pytest.raises(ConfigError, match="no effect with loss 'erm'"):
+        parse_params({"methods": {"erm": {"loss": "erm", "lam": 3}}})
+
+
 def test_unknown_method_in_run_list():
     with pytest.raises(ConfigError, match="not defined under 'methods'"):
         parse_params({"finetune": {"methods": ["erm", "flyp2"]}})
