@@ -131,7 +131,8 @@ class MethodConfig(Strict):
     @model_validator(mode="after")
     def _no_ignored_keys(self):
         used = {"erm": set(), "lpft": {"lp_c"}, "drm": {"lam", "estimator"}, "distill": {"lam"}}[self.loss]
-        ignored = (self.model_fields_set & {"lam", "estimator", "lp_c"}) - used
+        changed = {k for k in ("lam", "estimator", "lp_c") if getattr(self, k) != type(self).model_fields[k].default}
+        ignored = changed - used
         if ignored:
             raise ValueError(f"{sorted(ignored)} have no effect with loss {self.loss!r}; remove them")
         return self
