@@ -46,10 +46,19 @@ def evaluate_table(table, method, seed, alpha, source, metas, cfg, beta: float |
             continue
         mask = (frame["split"] == split).to_numpy()
         sub = table.filter(pa.array(mask))
+        if split not in metas:
+            raise DRMError(f"{method} (seed {seed}) has predictions for split {split!r}, which the data "
+                           f"source does not have ({sorted(metas)}): rerun the stages that made them")
         meta = metas[split]
         ids = sub.column("id").to_pylist()
         if ids != meta["id"].astype(str).tolist():
-            meta = meta.set_index(meta["id"].astype(str)).loc[ids].reset_index(drop=True)
+            indexed = meta.set_index(meta["id"].astype(str))
+            stale = [i for i in ids if i not in indexed.index]
+            if stale or len(ids) != len(indexed):
+                raise DRMError(f"{method} (seed {seed}): predictions on {split!r} do not match the data "
+                               f"({len(stale)} unknown ids, {len(ids)} vs {len(indexed)} samples): the data "
+                               "changed since they were made; rerun `dvc repro`")
+            meta = indexed.loc[ids].reset_index(drop=True)
         y = sub.column("y").to_numpy()
         preds = head_predictions(sub, beta)
         for head in HEADS:

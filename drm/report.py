@@ -93,6 +93,12 @@ def plot_id_ood(frame, head, id_split, ood_split, path) -> None:
 def run_report(metrics_csv, cfg, out_md, out_png, extra_sections: list[str] | None = None) -> str:
     frame = pd.read_csv(require(metrics_csv, "evaluate"))
     splits_present = list(dict.fromkeys(frame.split))
+    missing = [s for s in (cfg.id_split, cfg.ood_split) if s not in splits_present]
+    if missing:
+        from drm.errors import ConfigError
+
+        raise ConfigError(f"report.id_split/ood_split name {missing}, which the metrics do not have; "
+                          f"available splits: {splits_present}")
     order = [s for s in ("id_val", "id_test", "ood_val", "ood_test") if s in splits_present]
     order += [s for s in splits_present if s not in order]
     splits = {s: s for s in order}

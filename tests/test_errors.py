@@ -72,3 +72,44 @@ def test_evaluate_names_missing_run(tmp_path):
     zs.mkdir()
     with pytest.raises(MissingArtifactError, match="zeroshot"):
         run_evaluate(Src(), zs, {}, EvaluateConfig(group_by=[]), tmp_path / "a.csv", tmp_path / "a.json")
+
+
+def test_evaluate_refuses_predictions_that_do_not_match_the_data(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+
+    from drm.config import EvaluateConfig
+    from drm.evaluate import evaluate_table
+    from drm.inference import logits_table
+
+    class Src:
+        splits = {"id_val": "id"}
+
+        def benchmark_metrics(self, *a):
+            return {}
+
+    meta = pd.DataFrame({"id": ["a", "b"], "y": [0, 1]})
+    stale = pd.DataFrame({"id": ["a", "zz"], "y": [0, 1]})
+    table = logits_table("id_val", stale, torch.eye(2), torch.eye(2))
+    with pytest.raises(DRMError, match="data changed"):
+        evaluate_table(table, "erm", 0, 1.0, Src(), {"id_val": meta}, EvaluateConfig(group_by=[], beta=0.5))
+    other = logits_table("ood_x", meta, torch.eye(2), torch.eye(2))
+    with pytest.raises(DRMError, match="does not have"):
+        evaluate_table(other, "erm", 0, 1.0, Src(), {"id_val": meta}, EvaluateConfig(group_by=[], beta=0.5))
+    # aligned by id even when the order differs
+    swapped = logits_table("id_val", meta.iloc[::-1].reset_index(drop=True), torch.eye(2), torch.eye(2))
+    rows = evaluate_table(swapped, "erm", 0, 1.0, Src(), {"id_val": meta}, EvaluateConfig(group_by=[], beta=0.5))
+    assert len(rows) == 3
+
+
+def test_report_names_missing_split(tmp_path):
+    import pandas as pd
+
+    from drm.config import ReportConfig
+    from drm.errors import ConfigError
+    from drm.report import run_report
+
+    pd.DataFrame([{"method": "zeroshot", "seed": -1, "alpha": 0.0, "split": "id_val", "head": "dual",
+                   "accuracy": 0.9}]).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ConfigError, match="id_test"):
+        run_report(tmp_path / "m.csv", ReportConfig(), tmp_path / "r.md", tmp_path / "r.png")
