@@ -27,13 +27,14 @@ def logits_table(split_name: str, meta, df: torch.Tensor, cd: torch.Tensor, **ex
         "split": pa.array([split_name] * n),
         "id": pa.array(meta["id"].astype(str).tolist()),
         "y": pa.array(meta["y"].to_numpy().astype(np.int32)),
-        "df": _list_column(df),
-        "cd": _list_column(cd),
+        "df": list_column(df),
+        "cd": list_column(cd),
     })
     return pa.table(cols)
 
 
-def _list_column(t: torch.Tensor) -> pa.Array:
+def list_column(t: torch.Tensor) -> pa.Array:
+    """A [N, C] tensor as a Parquet fixed-size float32 list column."""
     arr = t.float().numpy().astype(np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
 

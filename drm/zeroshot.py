@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from drm.core import core_estimates
 from drm.errors import DRMError, require
 from drm.heads import cd_texts, df_texts, text_head, zero_shot_logits
-from drm.inference import _list_column, encode_split, logits_table
+from drm.inference import list_column, encode_split, logits_table
 
 LOGITS_SCHEMA = "split: string, id: string, y: int32, df: fixed_size_list<float32>[C], cd: fixed_size_list<float32>[C]"
 CORE_SCHEMA = "id: string, y: int32, weighted: float32, ratio: float32, soft: fixed_size_list<float32>[C], df_soft: fixed_size_list<float32>[C]"
@@ -85,8 +85,8 @@ def run_zeroshot(model, tokenizer, transform, source, descriptions, cfg, out_dir
         "y": pa.array(y.numpy().astype(np.int32)),
         "weighted": pa.array(est["weighted"].numpy().astype(np.float32)),
         "ratio": pa.array(est["ratio"].numpy().astype(np.float32)),
-        "soft": _list_column(est["soft"]),
-        "df_soft": _list_column(est["df_soft"]),
+        "soft": list_column(est["soft"]),
+        "df_soft": list_column(est["df_soft"]),
     })
     pq.write_table(core, out / "core.parquet")
     summary = {
