@@ -122,20 +122,32 @@ class ZeroshotConfig(Strict):
 
 
 class MethodConfig(Strict):
-    loss: Literal["erm", "drm", "distill", "lpft"]
+    loss: Literal["erm", "drm", "distill", "lpft", "flyp"]
     lam: float = Field(1.0, ge=0)
     estimator: Literal["weighted", "soft", "ratio"] = "soft"
+    # drm soft / distill: temperature of the targets, softmax(pre-trained logits / temperature)
+    temperature: float = Field(1.0, gt=0, le=10)
+    # drm: its ERM term, cross-entropy on the df head (ce) or FLYP's contrastive loss (flyp)
+    erm_term: Literal["ce", "flyp"] = "ce"
     lr_scale: float = Field(1.0, gt=0, le=100)  # this method's lr = finetune.lr * lr_scale
     lp_c: float = Field(1.0, gt=0)  # lpft: inverse L2 strength of the logistic-regression probe
 
     @model_validator(mode="after")
     def _no_ignored_keys(self):
-        used = {"erm": set(), "lpft": {"lp_c"}, "drm": {"lam", "estimator"}, "distill": {"lam"}}[self.loss]
-        changed = {k for k in ("lam", "estimator", "lp_c") if getattr(self, k) != type(self).model_fields[k].default}
+        used = {"erm": set(), "lpft": {"lp_c"}, "drm": {"lam", "estimator", "erm_term", "temperature"}, "distill": {"lam", "temperature"},
+                "flyp": set()}[self.loss]
+        changed = {k for k in ("lam", "estimator", "lp_c", "erm_term", "temperature") if getattr(self, k) != type(self).model_fields[k].default}
         ignored = changed - used
         if ignored:
             raise ValueError(f"{sorted(ignored)} have no effect with loss {self.loss!r}; remove them")
+        if self.loss == "drm" and self.estimator != "soft" and "temperature" in changed:
+            raise ValueError(f"temperature has no effect with estimator {self.estimator!r} (only soft); remove it")
         return self
+
+    @property
+    def trains_text_tower(self) -> bool:
+        """FLYP and DRM with the FLYP term train the whole CLIP (drm.models.TextTowerClassifier)."""
+        return self.loss == "flyp" or self.erm_term == "flyp"
 
 
 class FinetuneConfig(Strict):
@@ -184,6 +196,14 @@ class ReportConfig(Strict):
     id_split: str = "id_test"
     ood_split: str = "ood_test"
     head: Literal["df", "cd", "dual"] = "dual"
+    # [method, baseline] pairs for the same-head comparison table
+    comparisons: list[list[str]] = []
+
+    @model_validator(mode="after")
+    def _pairs(self):
+        if any(len(p) != 2 for p in self.comparisons):
+            raise ValueError("report.comparisons must be a list of [method, baseline] pairs")
+        return self
 
 
 class Params(Strict):

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from drm.errors import DRMError, require
 from drm.inference import column_to_tensor, logits_table
 from drm.losses import get_loss
-from drm.models import DualHeadClassifier, save_state, wise_state
+from drm.models import DualHeadClassifier, TextTowerClassifier, save_state, wise_state
 from drm.train_utils import autocast, cosine_with_warmup, resolve_device, seed_everything, set_threads
 
 
@@ -57,16 +59,28 @@ def load_core(zs_dir, meta) -> dict[str, torch.Tensor]:
     return out
 
 
-def train(model: DualHeadClassifier, train_split, core, method_cfg, cfg, seed, progress=True, live=None,
+def param_groups(model, wd: float) -> list[dict]:
+    """AdamW groups: weight decay on every trainable parameter except the learned
+    temperature (TextTowerClassifier's logit_scale). (open_clip's CLIP
+    pre-training also exempts gains and biases; WiSE-FT's fine-tuning decays every parameter.)"""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("logit_scale") else decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(model: nn.Module, train_split, core, method_cfg, cfg, seed, progress=True, live=None,
           num_workers: int = 0):
     device = resolve_device(cfg.device)
     gen = seed_everything(seed)
-    loss_fn = get_loss(method_cfg.loss)
+    loss_fn = get_loss(method_cfg)
+    text_gen = torch.Generator().manual_seed(seed + 1)  # FLYP's template choice
     loader = DataLoader(Indexed(train_split.dataset), batch_size=cfg.batch_size, shuffle=True,
                         drop_last=len(train_split.dataset) > cfg.batch_size, generator=gen,
                         num_workers=num_workers, persistent_workers=num_workers > 0)
     total = cfg.epochs * len(loader)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.wd)
+    opt = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr)
     sched = cosine_with_warmup(opt, cfg.warmup_steps, total)
     model.to(device).train()
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 don't.
@@ -78,8 +92,7 @@ def train(model: DualHeadClassifier, train_split, core, method_cfg, cfg, seed, p
             x, y = x.to(device), y.to(device)
             batch_core = {k: v[idx].to(device) for k, v in core.items()}
             with autocast(device, cfg.precision):
-                df, cd = model(x)
-            loss = loss_fn(df.float(), cd.float(), y, batch_core, method_cfg)
+                loss = loss_fn(model, x, y, batch_core, text_gen)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -87,6 +100,9 @@ def train(model: DualHeadClassifier, train_split, core, method_cfg, cfg, seed, p
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if isinstance(model, TextTowerClassifier):
+                with torch.no_grad():  # as CLIP: temperature at most 100
+                    model.clip.logit_scale.clamp_(0, math.log(100))
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
             if live is not None:
@@ -152,17 +168,32 @@ def linear_probe_head(model: DualHeadClassifier, split, n_classes: int, c: float
     return coef / model.logit_scale
 
 
+def build_model(pretrained_model, heads, method_cfg, texts=None, tokenizer=None) -> nn.Module:
+    """The model a method trains: DualHeadClassifier (image tower + linear heads from the
+    zero-shot heads), or for FLYP-style methods the whole CLIP (TextTowerClassifier), whose
+    heads come from the prompts and descriptions in `texts` = (df_texts, cd_texts)."""
+    if method_cfg.trains_text_tower:
+        if texts is None or tokenizer is None:
+            raise DRMError(f"loss {method_cfg.loss!r} (erm_term {method_cfg.erm_term!r}) trains the text tower: "
+                           "it needs the prompt texts and the tokenizer (drm.steps.finetune passes them)")
+        return TextTowerClassifier(copy.deepcopy(pretrained_model), tokenizer, *texts)
+    df, cd, scale = heads
+    return DualHeadClassifier(copy.deepcopy(pretrained_model.visual), df, cd, scale)
+
+
 def run_finetune(pretrained_model, heads, source, transforms, method_name, method_cfg, cfg, wise_alphas,
-                 seed, zs_dir, out_dir, num_workers=0, progress=True) -> dict:
-    """Train one (method, seed) run and write model.safetensors, predictions.parquet, run.json."""
+                 seed, zs_dir, out_dir, num_workers=0, progress=True, texts=None, tokenizer=None) -> dict:
+    """Train one (method, seed) run and write model.safetensors, predictions.parquet, run.json.
+
+    texts = (df_texts, cd_texts) per class and the tokenizer are needed by the methods that
+    train the text tower (MethodConfig.trains_text_tower)."""
     from drm.tracking import live_logger
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
     train_tf, eval_tf = transforms
-    df, cd, scale = heads
-    model = DualHeadClassifier(copy.deepcopy(pretrained_model.visual), df, cd, scale)
+    model = build_model(pretrained_model, heads, method_cfg, texts, tokenizer)
     zeroshot_state = copy.deepcopy(model.state_dict())
     train_name = next(s for s, r in source.splits.items() if r == "train")
     train_split = source.load(train_name, train_tf)

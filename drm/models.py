@@ -124,3 +124,88 @@ def wise_state(zeroshot: dict, finetuned: dict, alpha: float) -> dict:
         z = zeroshot[k]
         out[k] = (1 - alpha) * z + alpha * v if v.is_floating_point() else v
     return out
+
+
+class TextTowerClassifier(nn.Module):
+    """The whole CLIP (image and text towers, learned logit_scale), for the methods that
+    train the text tower too (FLYP, and DRM with the FLYP term). Its df and cd heads are
+    not parameters: they are rebuilt from the text tower (embed every prompt, L2-normalise,
+    average per class, renormalise), exactly as the zeroshot stage builds them, so at
+    initialisation its logits equal the zero-shot model's and WiSE-FT interpolates both
+    towers and the heads follow.
+
+    df_texts / cd_texts: per class, the prompts (templates filled with the class name) and
+    the concept descriptions. In eval mode the heads are computed once and cached; training
+    (train(), load_state_dict()) drops the cache."""
+
+    def __init__(self, clip: nn.Module, tokenizer, df_texts: list[list[str]], cd_texts: list[list[str]]):
+        super().__init__()
+        self.clip = clip
+        self.n_classes = len(df_texts)
+        for name, texts in (("df", df_texts), ("cd", cd_texts)):
+            flat = [t for per_class in texts for t in per_class]
+            owner = torch.tensor([c for c, per_class in enumerate(texts) for _ in per_class])
+            self.register_buffer(f"{name}_tokens", tokenizer(flat), persistent=False)
+            self.register_buffer(f"{name}_owner", owner, persistent=False)
+        # Prompt tokens per class and template, for FLYP's one-random-template-per-image text.
+        self.register_buffer("template_tokens", self.df_tokens.view(self.n_classes, -1, self.df_tokens.shape[-1]),
+                             persistent=False)
+        self._heads = None
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp()
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+    def features(self, images):
+        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+
+    def _head(self, name: str, batch_size: int | None = None) -> torch.Tensor:
+        tokens = getattr(self, f"{name}_tokens")
+        step = batch_size or len(tokens)
+        emb = torch.cat([self.encode_text(tokens[s:s + step]) for s in range(0, len(tokens), step)])
+        owner = getattr(self, f"{name}_owner")
+        head = torch.zeros(self.n_classes, emb.shape[1], device=emb.device, dtype=emb.dtype).index_add(0, owner, emb)
+        return F.normalize(head, dim=-1)
+
+    def heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: rebuilt with gradients. Eval: built once (in batches of 256 prompts, as the
+        zeroshot stage does) and cached until train(), load_state_dict(), to()/half() or
+        invalidate() (call it after changing parameters in place in eval mode)."""
+        if self.training:
+            return self._head("df"), self._head("cd")
+        if self._heads is None:
+            with torch.no_grad():
+                self._heads = (self._head("df", 256), self._head("cd", 256))
+        return self._heads
+
+    def invalidate(self) -> None:
+        self._heads = None
+
+    def cd_logits(self, f: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * f @ self._head("cd").t()
+
+    def forward(self, images):
+        f = self.features(images)
+        df, cd = self.heads()
+        scale = self.logit_scale
+        return scale * f @ df.t(), scale * f @ cd.t()
+
+    def prompt_features(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """FLYP's text side: one random template of its class per image, embedded."""
+        t = torch.randint(self.template_tokens.shape[1], (len(y),), generator=generator).to(y.device)
+        return self.encode_text(self.template_tokens[y, t])
+
+    def train(self, mode: bool = True):
+        self._heads = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # to(), cuda(), half(): cached heads would be stale
+        self._heads = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # also when loaded as part of a parent
+        self._heads = None
+        return super()._load_from_state_dict(*args, **kwargs)

@@ -60,6 +60,37 @@ def markdown_table(rows: pd.DataFrame, splits: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def comparison_table(frame: pd.DataFrame, pairs: list[list[str]], id_split: str, ood_split: str) -> str:
+    """Same-head differences (method minus baseline, points of accuracy, means over seeds) for
+    each pair, head and WiSE-FT alpha in {1, 0.5}; pairs naming a method the metrics lack are
+    listed as skipped."""
+    lines = ["| method vs baseline | alpha | head | ID diff | OOD diff | ID | OOD |", "|---|---|---|---|---|---|---|"]
+    skipped = []
+    present = set(frame.method)
+    for method, base in pairs:
+        if method not in present or base not in present:
+            skipped.append(f"{method} vs {base}")
+            continue
+        for alpha in (1.0, 0.5):
+            for head in ("dual", "cd", "df"):
+                acc = {}
+                for m in (method, base):
+                    sub = frame[(frame.method == m) & (frame.alpha == alpha) & (frame["head"] == head)]
+                    acc[m] = {s: sub[sub.split == s].groupby("seed")["accuracy"].mean().mean() * 100
+                              for s in (id_split, ood_split)}
+                if any(pd.isna(v) for a in acc.values() for v in a.values()):
+                    continue
+                d_id = acc[method][id_split] - acc[base][id_split]
+                d_ood = acc[method][ood_split] - acc[base][ood_split]
+                lines.append(f"| {method} vs {base} | {alpha:g} | {head} | {d_id:+.1f} | {d_ood:+.1f} | "
+                             f"{acc[method][id_split]:.1f} vs {acc[base][id_split]:.1f} | "
+                             f"{acc[method][ood_split]:.1f} vs {acc[base][ood_split]:.1f} |")
+    text = "\n".join(lines)
+    if skipped:
+        text += "\n\n_Skipped (method not in this run): " + ", ".join(skipped) + "_"
+    return text
+
+
 def plot_id_ood(frame, head, id_split, ood_split, path) -> None:
     import matplotlib
 
@@ -110,6 +141,10 @@ def run_report(metrics_csv, cfg, out_md, out_png, extra_sections: list[str] | No
         rows = method_rows(frame, head, splits)
         parts += [f"## {head} head", "", markdown_table(rows, splits), ""]
     parts += ["## ID vs OOD", "", f"![ID vs OOD]({Path(out_png).name})", ""]
+    if cfg.comparisons:
+        parts += [f"## Same-head comparisons ({cfg.id_split} / {cfg.ood_split})", "",
+                  "Method minus baseline, points of accuracy, mean over seeds; alpha 0.5 is WiSE-FT of each.", "",
+                  comparison_table(frame, cfg.comparisons, cfg.id_split, cfg.ood_split), ""]
     # Worst-group accuracies, and benchmark metrics that are rates (not WILDS' count_* fields).
     worst = [c for c in frame.columns if c.startswith("worst_")
              or (c.startswith("bench_") and "count" not in c and frame[c].dropna().between(0, 1).all())]

@@ -74,7 +74,7 @@ def zeroshot(params: Params, base=".", descriptions="data/descriptions.json", ou
 
 
 def finetune(params: Params, method: str, seed: int, base=".", zeroshot_dir="data/zeroshot",
-             out: str | None = None, progress=True) -> dict:
+             out: str | None = None, progress=True, descriptions="data/descriptions.json") -> dict:
     from drm.datasets import open_source
     from drm.finetune import run_finetune
     from drm.models import load_pretrained
@@ -84,11 +84,21 @@ def finetune(params: Params, method: str, seed: int, base=".", zeroshot_dir="dat
         raise ConfigError(f"unknown method {method!r}; defined under `methods`: {sorted(params.methods)}")
     source = open_source(params.data, base)
     heads = load_heads(Path(base) / zeroshot_dir)
-    model, train_tf, eval_tf, _ = load_pretrained(params.model.name, params.model.pretrained, "cpu", base)
+    model, train_tf, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained, "cpu", base)
     out = Path(base) / (out or f"runs/{method}-s{seed}")
     return run_finetune(model, heads, source, (train_tf, eval_tf), method, params.methods[method],
                         params.finetune, params.wise.alphas, seed, Path(base) / zeroshot_dir, out,
-                        params.data.num_workers, progress)
+                        params.data.num_workers, progress, finetune_texts(params, source, base, descriptions),
+                        tokenizer)
+
+
+def finetune_texts(params: Params, source, base=".", descriptions="data/descriptions.json"):
+    """(df_texts, cd_texts) per class, as the zeroshot stage builds its heads from them."""
+    from drm.describe import load_descriptions
+    from drm.heads import cd_texts, df_texts
+
+    desc = load_descriptions(Path(base) / descriptions, source.classnames)
+    return df_texts(source.classnames, params.zeroshot.templates), cd_texts(source.classnames, desc)
 
 
 def evaluate(params: Params, base=".", zeroshot_dir="data/zeroshot", runs_dir="runs",

@@ -125,6 +125,7 @@ def drm_pipeline(params_path: str = "params.yaml") -> dict:
     runs = []
     for method in params.finetune.methods:
         section = json.dumps({"method": params.methods[method].model_dump(), "finetune": ft_section,
+                              "templates": params.zeroshot.templates,
                               "wise": params.wise.model_dump(), "model": params.model.model_dump(),
                               "data": params.data.model_dump()}, sort_keys=True)
         for seed in params.seeds:

@@ -35,6 +35,7 @@ def main():
     from drm.evaluate import evaluate_table
     from drm.finetune import run_finetune
     from drm.models import load_pretrained
+    from drm.steps import finetune_texts
     from drm.zeroshot import load_heads
 
     params = load_params(args.params)
@@ -44,7 +45,8 @@ def main():
     source.splits = {s: r for s, r in source.splits.items() if r == "train" or s in val}
     metas = {s: source.load(s).meta for s in val}
     heads = load_heads("data/zeroshot")
-    model, train_tf, eval_tf, _ = load_pretrained(params.model.name, params.model.pretrained)
+    model, train_tf, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained)
+    texts = finetune_texts(params, source)
     out = Path("sweeps") / args.name
     rows = []
     for spec in args.variant:
@@ -54,7 +56,7 @@ def main():
             run_dir = out / f"{name}-s{seed}"
             if not (run_dir / "predictions.parquet").exists():
                 run_finetune(model, heads, source, (train_tf, eval_tf), name, method, ft, [0.5, 1.0],
-                             seed, "data/zeroshot", run_dir, progress=False)
+                             seed, "data/zeroshot", run_dir, progress=False, texts=texts, tokenizer=tokenizer)
             table = pq.read_table(run_dir / "predictions.parquet")
             for alpha in (0.5, 1.0):
                 mask = pa.array(table.column("alpha").to_numpy() == alpha)

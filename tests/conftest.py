@@ -10,7 +10,7 @@ TINY_PARAMS = {
     "world": {"n_pretrain": 1024, "n_train": 128, "n_id_val": 32, "n_id_test": 32,
               "n_ood_val": 32, "n_ood_test": 48},
     "pretrain": {"steps": 12, "batch_size": 128, "warmup": 2},
-    "finetune": {"methods": ["erm", "drm", "lpft"], "epochs": 1, "batch_size": 64, "warmup_steps": 1},
+    "finetune": {"methods": ["erm", "drm", "lpft", "drm_flyp"], "epochs": 1, "batch_size": 64, "warmup_steps": 1},
     "wise": {"alphas": [0.0, 1.0]},
 }
 

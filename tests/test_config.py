@@ -54,3 +54,13 @@ def test_load_params_reports_missing_file_and_bad_yaml(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump({"seeds": [3]}))
     assert load_params(ok).seeds == [3]
+
+
+def test_temperature_only_where_it_sharpens_targets():
+    parse_params({"methods": {"d": {"loss": "drm", "estimator": "soft", "temperature": 0.5},
+                              "k": {"loss": "distill", "temperature": 0.5}}, "finetune": {"methods": ["d", "k"]}})
+    with pytest.raises(ConfigError, match="only soft"):
+        parse_params({"methods": {"d": {"loss": "drm", "estimator": "ratio", "temperature": 0.5}},
+                      "finetune": {"methods": ["d"]}})
+    with pytest.raises(ConfigError, match="no effect with loss 'erm'"):
+        parse_params({"methods": {"erm": {"loss": "erm", "temperature": 0.5}}})

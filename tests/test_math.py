@@ -208,3 +208,41 @@ def test_linear_probe_head_reproduces_probe_logits():
     model.df.data = linear_probe_head(model, split, 3, c=10.0, progress=False)
     df, _ = model(x)
     assert (df.argmax(-1) == y).float().mean() > 0.95
+
+
+def test_soft_targets_temperature_is_softmax_of_scaled_logits(batch):
+    """temperature T: targets softmax(cd_pretrained / T), from the stored p_c; distill's
+    control gets the same knob on p_df."""
+    from drm.losses import sharpen, soft_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    p = logits.softmax(-1)
+    assert torch.allclose(sharpen(p, 0.5), (logits / 0.5).softmax(-1), atol=1e-6)
+    assert torch.equal(sharpen(p, 1.0), p)
+    df, cd, y, core = batch
+    got = drm_loss(df, cd, y, core, MethodConfig(loss="drm", lam=1.0, estimator="soft", temperature=0.25)).item()
+    want = F.cross_entropy(df, y) + soft_cross_entropy(cd, sharpen(core["soft"], 0.25))
+    assert got == pytest.approx(want.item(), rel=1e-5)
+    assert got != pytest.approx(drm_loss(df, cd, y, core, MethodConfig(loss="drm", estimator="soft")).item(), rel=1e-3)
+    got = distill_loss(df, cd, y, core, MethodConfig(loss="distill", lam=1.0, temperature=0.25)).item()
+    want = F.cross_entropy(df, y) + soft_cross_entropy(df, sharpen(core["df_soft"], 0.25))
+    assert got == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_comparison_table_is_method_minus_baseline_per_head_and_alpha():
+    import pandas as pd
+
+    from drm.report import comparison_table
+
+    rows = []
+    for method, acc in (("drm", {"id_test": 0.90, "ood_test": 0.80}), ("erm", {"id_test": 0.95, "ood_test": 0.70})):
+        for seed in (0, 1):
+            for split, a in acc.items():
+                for head in ("df", "cd", "dual"):
+                    rows.append({"method": method, "seed": seed, "alpha": 1.0, "split": split, "head": head,
+                                 "accuracy": a + (0.02 if seed else 0.0)})
+    text = comparison_table(pd.DataFrame(rows), [["drm", "erm"], ["drm", "distill"]], "id_test", "ood_test")
+    line = next(ln for ln in text.splitlines() if "| dual |" in ln)
+    assert "| drm vs erm | 1 | dual | -5.0 | +10.0 | 91.0 vs 96.0 | 81.0 vs 71.0 |" == line
+    assert "| 0.5 |" not in text  # no WiSE-FT rows in these metrics
+    assert "Skipped (method not in this run): drm vs distill" in text

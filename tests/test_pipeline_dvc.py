@@ -65,7 +65,7 @@ def project(tmp_path_factory):
 def test_repro_builds_every_artifact(project):
     proj, env, out = project
     assert {"world", "pretrain", "describe", "zeroshot", "finetune@erm-0", "finetune@drm-0", "finetune@lpft-0",
-            "evaluate", "diagnostics", "report"} <= _ran(out)
+            "finetune@drm_flyp-0", "evaluate", "diagnostics", "report"} <= _ran(out)
     assert (proj / "models/pretrained/open_clip_model.safetensors").exists()
     desc = json.loads((proj / "data/descriptions.json").read_text())
     assert desc["provenance"]["provider"] == "world" and len(desc["classnames"]) == 8
@@ -84,6 +84,12 @@ def test_repro_builds_every_artifact(project):
     assert {"zeroshot", "erm", "drm", "lpft"} <= set(metrics)
     lpft = json.loads((proj / "runs/lpft-s0/run.json").read_text())
     assert lpft["method_cfg"]["loss"] == "lpft"
+    # DRM with the FLYP term trains the whole CLIP: its checkpoint holds the text tower
+    from safetensors import safe_open
+
+    with safe_open(str(proj / "runs/drm_flyp-s0/model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "clip.logit_scale" in keys and any(k.startswith("clip.transformer.") for k in keys)
     assert 0.0 <= metrics["drm"]["ood_test"]["dual"] <= 1.0
     report = (proj / "reports/report.md").read_text()
     assert "zero-shot" in report and "| erm |" in report and "| drm |" in report
