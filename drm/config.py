@@ -26,12 +26,12 @@ class WorldConfig(Strict):
     canvas: int = Field(64, ge=16, le=256)
     image_size: int = Field(32, ge=8, le=224)
     n_pretrain: int = Field(24000, ge=16)
-    n_train: int = Field(4000, ge=8)
+    n_train: int = Field(1000, ge=8)
     n_id_val: int = Field(500, ge=8)
     n_id_test: int = Field(1000, ge=8)
     n_ood_val: int = Field(1000, ge=8)
     n_ood_test: int = Field(2000, ge=8)
-    spurious_rate: float = Field(0.9, ge=0.0, le=1.0)
+    spurious_rate: float = Field(0.95, ge=0.0, le=1.0)
     caption_context_rate: float = Field(0.7, ge=0.0, le=1.0)
     contrast: tuple[float, float] = (0.3, 1.0)
     noise: tuple[float, float] = (0.05, 0.08)
@@ -216,8 +216,8 @@ class Params(Strict):
     zeroshot: ZeroshotConfig = Field(default_factory=ZeroshotConfig)
     methods: dict[str, MethodConfig] = Field(default_factory=lambda: {
         "erm": MethodConfig(loss="erm"),
-        "drm": MethodConfig(loss="drm", lam=10.0, estimator="soft"),
-        "distill": MethodConfig(loss="distill", lam=1.0),
+        "drm": MethodConfig(loss="drm", lam=30.0, estimator="soft"),
+        "distill": MethodConfig(loss="distill", lam=3.0),
     })
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     wise: WiseConfig = Field(default_factory=WiseConfig)

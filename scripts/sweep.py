@@ -24,7 +24,10 @@ def main():
     ap.add_argument("--variant", action="append", required=True, help='NAME=JSON method config')
     ap.add_argument("--finetune", default="{}", help="JSON overrides of the finetune section")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--beta", type=float, default=0.5, help="dual-inference beta for the table (default 0.5)")
+    ap.add_argument("--beta", default="0.5",
+                    help="dual-inference beta for the table: a number (default 0.5), or val: chosen per "
+                         "variant on the validation splits at alpha 1 as `evaluate` does (evaluate.beta_grid, "
+                         "beta_id_tolerance)")
     args = ap.parse_args()
 
     import pyarrow as pa
@@ -48,27 +51,37 @@ def main():
     model, train_tf, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained)
     texts = finetune_texts(params, source)
     out = Path("sweeps") / args.name
-    rows = []
+    from drm.evaluate import select_beta
+
+    rows, betas = [], {}
     for spec in args.variant:
         name, cfg = spec.split("=", 1)
         method = MethodConfig(**json.loads(cfg))
+        tables = {}
         for seed in args.seeds:
             run_dir = out / f"{name}-s{seed}"
             if not (run_dir / "predictions.parquet").exists():
                 run_finetune(model, heads, source, (train_tf, eval_tf), name, method, ft, [0.5, 1.0],
                              seed, "data/zeroshot", run_dir, progress=False, texts=texts, tokenizer=tokenizer)
             table = pq.read_table(run_dir / "predictions.parquet")
-            for alpha in (0.5, 1.0):
-                mask = pa.array(table.column("alpha").to_numpy() == alpha)
-                rows += evaluate_table(table.filter(mask), name, seed, alpha, source, metas, params.evaluate,
-                                       beta=args.beta)
+            tables[seed] = {a: table.filter(pa.array(table.column("alpha").to_numpy() == a)) for a in (0.5, 1.0)}
+        if args.beta == "val":
+            ev = params.evaluate
+            betas[name] = select_beta([t[1.0] for t in tables.values()], ev.beta_grid, tuple(ev.select_splits),
+                                      ev.beta_id_tolerance)
+        else:
+            betas[name] = float(args.beta)
+        for seed, by_alpha in tables.items():
+            for alpha, t in by_alpha.items():
+                rows += evaluate_table(t, name, seed, alpha, source, metas, params.evaluate, beta=betas[name])
     frame = pd.DataFrame(rows)
     summary = (frame.pivot_table(index=["method", "alpha"], columns=["split", "head"], values="accuracy",
                                  aggfunc="mean") * 100).round(1)
     out.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(out / "summary.csv")
     (out / "config.json").write_text(json.dumps({"variants": args.variant, "finetune": json.loads(args.finetune),
-                                                  "seeds": args.seeds}, indent=2))
+                                                  "seeds": args.seeds, "beta": args.beta}, indent=2))
+    summary[("beta", "dual")] = [betas[m] for m, _ in summary.index]
+    summary.to_csv(out / "summary.csv")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary)
 
