@@ -162,23 +162,33 @@ class TextTowerClassifier(nn.Module):
     def features(self, images):
         return F.normalize(self.clip.encode_image(images).float(), dim=-1)
 
-    def _head(self, name: str, batch_size: int | None = None) -> torch.Tensor:
+    # Texts per text-tower call when a head is built. With gradients and more texts than this
+    # (e.g. thousands of concept descriptions), each chunk is gradient-checkpointed: memory holds
+    # one chunk's activations at a time, at the cost of a second forward pass in backward.
+    text_chunk = 256
+
+    def _head(self, name: str) -> torch.Tensor:
         tokens = getattr(self, f"{name}_tokens")
-        step = batch_size or len(tokens)
-        emb = torch.cat([self.encode_text(tokens[s:s + step]) for s in range(0, len(tokens), step)])
+        chunks = [tokens[s:s + self.text_chunk] for s in range(0, len(tokens), self.text_chunk)]
+        if torch.is_grad_enabled() and len(chunks) > 1:
+            from torch.utils.checkpoint import checkpoint
+
+            emb = torch.cat([checkpoint(self.encode_text, c, use_reentrant=False) for c in chunks])
+        else:
+            emb = torch.cat([self.encode_text(c) for c in chunks])
         owner = getattr(self, f"{name}_owner")
         head = torch.zeros(self.n_classes, emb.shape[1], device=emb.device, dtype=emb.dtype).index_add(0, owner, emb)
         return F.normalize(head, dim=-1)
 
     def heads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: rebuilt with gradients. Eval: built once (in batches of 256 prompts, as the
-        zeroshot stage does) and cached until train(), load_state_dict(), to()/half() or
-        invalidate() (call it after changing parameters in place in eval mode)."""
+        """Training: rebuilt with gradients. Eval: built once and cached until train(),
+        load_state_dict(), to()/half() or invalidate() (call it after changing parameters in
+        place in eval mode)."""
         if self.training:
             return self._head("df"), self._head("cd")
         if self._heads is None:
             with torch.no_grad():
-                self._heads = (self._head("df", 256), self._head("cd", 256))
+                self._heads = (self._head("df"), self._head("cd"))
         return self._heads
 
     def invalidate(self) -> None:

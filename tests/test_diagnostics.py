@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import torch
 
 from drm.config import WorldConfig
-from drm.diagnostics import core_information, linear_probe, problem_exists, swap_pairs, swap_sensitivity
+from drm.diagnostics import (core_information, linear_probe, problem_exists, swap_pairs, swap_sensitivity,
+                             transfer_probe)
 
 
 def test_swap_pairs_change_only_what_they_say():
@@ -37,6 +38,17 @@ def test_linear_probe_finds_a_linear_signal():
     x[:, 0] += 4 * y
     assert linear_probe(x, y) > 0.9
     assert linear_probe(rng.normal(size=(300, 5)), y) < 0.6
+
+
+def test_transfer_probe_scores_new_samples_and_handles_none():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(size=(300, 5))
+    x[:, 0] += 4 * y
+    assert transfer_probe(x[:200], y[:200], x[200:201], y[200:201]) in (0.0, 1.0)  # one sample is enough
+    assert transfer_probe(x[:200], y[:200], x[200:], y[200:]) > 0.9
+    assert transfer_probe(x[:200], y[:200], x[200:], (y[200:] + 1) % 3) < 0.2
+    assert transfer_probe(x[:200], y[:200], x[:0], y[:0]) is None
 
 
 def test_core_information_groups(tmp_path):
