@@ -1,6 +1,8 @@
 """The Prefect flow runs the same stages in one process, caches across runs, and reruns only
 what a params change affects."""
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 import yaml
 
 _HOME = tempfile.mkdtemp(prefix="drm-prefect-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.setdefault("PREFECT_HOME", _HOME)
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(Path(_HOME) / "storage"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
