@@ -6,7 +6,7 @@ out-of-range value fails with a message naming the key and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +17,10 @@ from drm.errors import ConfigError
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# A torch device name: cpu, cuda, cuda:N or mps.
+Device = Annotated[str, Field(pattern=r"^(cpu|cuda(:[0-9]+)?|mps)$")]
 
 
 class WorldConfig(Strict):
@@ -67,7 +71,7 @@ class PretrainConfig(Strict):
     wd: float = Field(0.1, ge=0)
     warmup: int = Field(50, ge=0)
     seed: int = 0
-    device: str = "cpu"
+    device: Device = "cpu"
     threads: int = Field(0, ge=0)  # 0: torch's default
 
 
@@ -106,7 +110,7 @@ class ZeroshotConfig(Strict):
     templates: list[str] = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}."]
     batch_size: int = Field(512, ge=1)
     ratio_clip: float = Field(5.0, gt=0)
-    device: str = "cpu"
+    device: Device = "cpu"
 
     @model_validator(mode="after")
     def _templates(self):
@@ -150,21 +154,35 @@ class MethodConfig(Strict):
         return self.loss == "flyp" or self.erm_term == "flyp"
 
 
+# The methods and comparisons of the default run, as in params.yaml (chosen on validation,
+# docs/selection.md); a params file that leaves these keys out gets the same.
+DEFAULT_METHODS: dict[str, dict] = {
+    "erm": {"loss": "erm"},
+    "drm": {"loss": "drm", "lam": 30.0, "estimator": "soft"},
+    "drm_ratio": {"loss": "drm", "lam": 1.0, "estimator": "ratio"},
+    "drm_weighted": {"loss": "drm", "lam": 1.0, "estimator": "weighted"},
+    "distill": {"loss": "distill", "lam": 3.0},
+    "lpft": {"loss": "lpft", "lr_scale": 0.1, "lp_c": 1.0},
+    "flyp": {"loss": "flyp"},
+    "drm_flyp": {"loss": "drm", "lam": 30.0, "estimator": "soft", "erm_term": "flyp"},
+}
+
+
 class FinetuneConfig(Strict):
-    methods: list[str] = ["erm", "drm", "distill"]
+    methods: list[str] = ["erm", "drm", "distill", "drm_ratio", "lpft", "flyp", "drm_flyp"]
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(3e-4, gt=0, le=1)
     wd: float = Field(0.1, ge=0)
     warmup_steps: int = Field(20, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    device: str = "cpu"
+    device: Device = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     threads: int = Field(0, ge=0)
 
 
 class WiseConfig(Strict):
-    alphas: list[float] = [0.0, 0.5, 1.0]
+    alphas: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
 
     @model_validator(mode="after")
     def _alphas(self):
@@ -177,10 +195,10 @@ class WiseConfig(Strict):
 
 class EvaluateConfig(Strict):
     # Dual inference weight of the df head; "val": chosen per method on select_splits.
-    beta: float | Literal["val"] = 0.5
+    beta: float | Literal["val"] = "val"
     beta_grid: list[float] = [round(0.1 * i, 1) for i in range(11)]
-    select_splits: list[str] = ["id_val", "ood_val"]
-    beta_id_tolerance: float = Field(1.0, ge=0, le=100)  # points of ID-val accuracy beta may cost
+    select_splits: list[str] = Field(["id_val", "ood_val"], min_length=2, max_length=2)  # [ID, OOD]
+    beta_id_tolerance: float = Field(2.0, ge=0, le=100)  # points of ID-val accuracy beta may cost
     group_by: list[str] = ["style", "bg", "clarity"]
 
     @model_validator(mode="after")
@@ -197,7 +215,8 @@ class ReportConfig(Strict):
     ood_split: str = "ood_test"
     head: Literal["df", "cd", "dual"] = "dual"
     # [method, baseline] pairs for the same-head comparison table
-    comparisons: list[list[str]] = []
+    comparisons: list[list[str]] = [["drm", "erm"], ["drm", "distill"], ["drm", "drm_ratio"], ["drm", "lpft"],
+                                    ["drm_flyp", "flyp"], ["drm_flyp", "distill"]]
 
     @model_validator(mode="after")
     def _pairs(self):
@@ -215,10 +234,7 @@ class Params(Strict):
     describe: DescribeConfig = Field(default_factory=DescribeConfig)
     zeroshot: ZeroshotConfig = Field(default_factory=ZeroshotConfig)
     methods: dict[str, MethodConfig] = Field(default_factory=lambda: {
-        "erm": MethodConfig(loss="erm"),
-        "drm": MethodConfig(loss="drm", lam=30.0, estimator="soft"),
-        "distill": MethodConfig(loss="distill", lam=3.0),
-    })
+        name: MethodConfig(**cfg) for name, cfg in DEFAULT_METHODS.items()})
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     wise: WiseConfig = Field(default_factory=WiseConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -246,7 +262,10 @@ def _format(err: ValidationError) -> str:
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see params.yaml for the allowed keys)"
+            msg = ("unknown key (check the spelling; see params.yaml for the allowed keys"
+                   + (", and docs/describe-openai.md for describe.openai)" if e["loc"][:2] == ("describe", "openai") else ")"))
+        if e["type"] == "string_pattern_mismatch" and e["loc"] and e["loc"][-1] == "device":
+            msg = "must be cpu, cuda, cuda:N or mps"
         lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden"
                      else f"  {loc}: {msg}")
     return "invalid parameters:\n" + "\n".join(lines)

@@ -40,16 +40,23 @@ def save_model_folder(model, arch: dict, out_dir, image_size: int) -> Path:
     return out
 
 
-def check_model_folder(path, stage: str = "pretrain") -> Path:
+def check_model_folder(path, stage: str | None = "pretrain") -> Path:
+    """The folder, if it holds an open_clip config and weights. `stage` names the stage that
+    writes it (None for a user's own folder: the message then says what the folder needs)."""
     p = Path(path)
     if not (p / CONFIG_FILE).exists():
-        raise MissingArtifactError(p / CONFIG_FILE, stage)
+        if stage:
+            raise MissingArtifactError(p / CONFIG_FILE, stage)
+        raise DRMError(f"model folder {p} has no {CONFIG_FILE}: a local-dir: model folder needs "
+                       f"{CONFIG_FILE} (open_clip's model_cfg and preprocess_cfg) and its weights "
+                       f"({WEIGHTS_FILE} or open_clip_pytorch_model.bin); see the README, 'Real models and real data'")
     weights = [f for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                            "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth") if (p / f).exists()]
     if not weights:
+        fix = f"rerun the '{stage}' stage or copy the weights there" if stage else "copy the weights there"
         raise DRMError(
             f"model folder {p} has a config but no weights ({WEIGHTS_FILE}); refusing to fall back "
-            f"to random weights: rerun the '{stage}' stage or copy the weights there")
+            f"to random weights: {fix}")
     return p
 
 
@@ -64,7 +71,9 @@ def load_pretrained(name: str, pretrained: str | None = None, device: str = "cpu
         folder = Path(name[len(LOCAL):])
         if not folder.is_absolute():
             folder = Path(base_dir) / folder
-        check_model_folder(folder)
+        # models/pretrained is the pretrain stage's output; any other folder is the user's own.
+        own = folder.resolve() != (Path(base_dir) / "models" / "pretrained").resolve()
+        check_model_folder(folder, None if own else "pretrain")
         name = LOCAL + str(folder)
         pretrained = None
     try:

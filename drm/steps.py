@@ -3,6 +3,7 @@ both call. Each takes the validated Params, the project folder and explicit in/o
 and returns a small JSON-able summary. Paths are relative to `base`."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from drm.config import Params
@@ -17,7 +18,7 @@ def world(params: Params, base=".", out="data/world", progress=True) -> dict:
 
 
 def pretrain(params: Params, base=".", world_dir="data/world", out="models/pretrained",
-             live_dir="runs/pretrain/live", progress=True) -> dict:
+             live_dir="runs/pretrain/live", progress=True, run_info="runs/pretrain/run.json") -> dict:
     from drm.datasets.world import WorldSource
     from drm.pretrain import pretrain as train
     from drm.tracking import live_logger
@@ -25,7 +26,28 @@ def pretrain(params: Params, base=".", world_dir="data/world", out="models/pretr
     source = WorldSource.open(Path(base) / world_dir)
     with live_logger(str(Path(base) / live_dir)) as live:
         return train(params.pretrain, source.load("pretrain"), Path(base) / out, source.image_size,
-                     progress=progress, live=live)
+                     progress=progress, live=live, run_info=Path(base) / run_info)
+
+
+def check_against_source(params: Params, source) -> None:
+    """The evaluate and report settings that name splits or group columns, checked against
+    the data before any training (evaluate and report check them again on the metrics)."""
+    problems = []
+    missing = [g for g in params.evaluate.group_by if g not in source.group_columns]
+    if missing:
+        problems.append(f"evaluate.group_by names {missing}, which this data has no column for; "
+                        f"available: {sorted(source.group_columns)}")
+    if params.evaluate.beta == "val":
+        gone = [s for s in params.evaluate.select_splits if s not in source.splits]
+        if gone:
+            problems.append(f"evaluate.beta 'val' needs the splits evaluate.select_splits {gone}; "
+                            f"this data has {list(source.splits)} (or set evaluate.beta to a number)")
+    gone = [s for s in (params.report.id_split, params.report.ood_split) if s not in source.splits]
+    if gone:
+        problems.append(f"report.id_split/ood_split name {gone}; this data has {list(source.splits)}")
+    if problems:
+        raise ConfigError("params do not fit the data (data.source "
+                          f"{params.data.source!r}):\n  " + "\n  ".join(problems))
 
 
 def _context(params: Params, base):
@@ -36,12 +58,32 @@ def _context(params: Params, base):
     return DescribeContext(source.classnames, source.core_traits, Path(base))
 
 
+# The folder for description files users keep in git: a DVC dependency of `describe`.
+DESCRIPTIONS_DIR = "descriptions"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def describe_inputs(params: Params, base=".") -> list[str]:
+    """The description files the describe stage reads (relative to base), for cache keys."""
+    return [v for v in (params.describe.file, params.describe.overrides) if v]
+
+
 def describe(params: Params, base=".", out="data/descriptions.json", progress=True) -> dict:
     from drm.describe import run_describe
 
     if not progress:
         params.describe.openai.progress = False
 
+    outside = [f"describe.{k} ({v})" for k, v in (("file", params.describe.file),
+                                                   ("overrides", params.describe.overrides))
+               if v and not _inside(Path(base) / v, Path(base) / DESCRIPTIONS_DIR)]
+    if outside:
+        warnings.warn(f"{', '.join(outside)} is outside {DESCRIPTIONS_DIR}/, so DVC does not see edits to it: "
+                      f"after editing, rerun with `dvc repro -f -s describe`, or move it into {DESCRIPTIONS_DIR}/",
+                      stacklevel=2)
     desc = run_describe(params.describe, _context(params, base), Path(base) / out)
     return {"classes": len(desc), "descriptions": sum(map(len, desc.values())), "out": str(out)}
 
@@ -66,6 +108,7 @@ def zeroshot(params: Params, base=".", descriptions="data/descriptions.json", ou
     from drm.zeroshot import run_zeroshot
 
     source = open_source(params.data, base)
+    check_against_source(params, source)
     desc = load_descriptions(Path(base) / descriptions, source.classnames)
     device = str(resolve_device(params.zeroshot.device))
     model, _, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained, device, base)
@@ -83,6 +126,7 @@ def finetune(params: Params, method: str, seed: int, base=".", zeroshot_dir="dat
     if method not in params.methods:
         raise ConfigError(f"unknown method {method!r}; defined under `methods`: {sorted(params.methods)}")
     source = open_source(params.data, base)
+    check_against_source(params, source)
     heads = load_heads(Path(base) / zeroshot_dir)
     model, train_tf, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained, "cpu", base)
     out = Path(base) / (out or f"runs/{method}-s{seed}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from prefect import flow, task
@@ -22,6 +23,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from drm import steps
 from drm.config import Params, load_params
+from drm.errors import DRMError
 
 # The full params travel as params_json but are not part of the key: each task is keyed on
 # the sections it reads (`section`), so a change elsewhere does not rerun it.
@@ -51,6 +53,18 @@ def fingerprint(base: str, *paths: str) -> str:
     return h.hexdigest()[:16]
 
 
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry transient failures (network, I/O, a crashed worker);
+    a DRMError (bad params, missing data or API key) is the user's to fix, so fail at once."""
+    exc = state.data
+    if not isinstance(exc, BaseException):
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:
+            return True
+    return not isinstance(exc, DRMError)
+
+
 def _params(params_json: str) -> Params:
     return Params.model_validate_json(params_json)
 
@@ -60,31 +74,32 @@ def _section(params: Params, *names: str) -> str:
                        else getattr(params, n) for n in names}, sort_keys=True, default=str)
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=1)
+@task(cache_policy=CACHE, persist_result=True, retries=1, retry_condition_fn=retry_unless_user_error)
 def world(params_json: str, section: str, base: str, code: str) -> str:
     steps.world(_params(params_json), base, progress=False)
     return fingerprint(base, "data/world")
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=1)
+@task(cache_policy=CACHE, persist_result=True, retries=1, retry_condition_fn=retry_unless_user_error)
 def pretrain(params_json: str, section: str, base: str, code: str, upstream: str) -> str:
     steps.pretrain(_params(params_json), base, progress=False)
     return fingerprint(base, "models/pretrained")
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=2, retry_delay_seconds=10)
-def describe(params_json: str, section: str, base: str, code: str, upstream: str) -> str:
+@task(cache_policy=CACHE, persist_result=True, retries=2, retry_delay_seconds=10,
+      retry_condition_fn=retry_unless_user_error)
+def describe(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
     steps.describe(_params(params_json), base, progress=False)
     return fingerprint(base, "data/descriptions.json")
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=1)
+@task(cache_policy=CACHE, persist_result=True, retries=1, retry_condition_fn=retry_unless_user_error)
 def zeroshot(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
     steps.zeroshot(_params(params_json), base, progress=False)
     return fingerprint(base, "data/zeroshot")
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=1)
+@task(cache_policy=CACHE, persist_result=True, retries=1, retry_condition_fn=retry_unless_user_error)
 def finetune(params_json: str, section: str, method: str, seed: int, base: str, code: str,
              upstream: str) -> str:
     steps.finetune(_params(params_json), method, seed, base, progress=False)
@@ -119,7 +134,9 @@ def drm_pipeline(params_path: str = "params.yaml") -> dict:
     code = code_version()
     w = world(pj, _section(params, "world"), base, code)
     p = pretrain(pj, _section(params, "pretrain"), base, code, w)
-    d = describe(pj, _section(params, "describe", "data"), base, code, w)
+    # the description files' contents are part of describe's key (params hold only their paths)
+    d = describe(pj, _section(params, "describe", "data"), base, code,
+                 [w, fingerprint(base, *steps.describe_inputs(params, base))])
     z = zeroshot(pj, _section(params, "zeroshot", "model", "data"), base, code, [p, d])
     ft_section = params.finetune.model_dump(exclude={"methods"})
     runs = []
@@ -145,7 +162,11 @@ def main(argv=None):
     if args.serve:
         drm_pipeline.serve(name="drm-scheduled", cron=args.cron, parameters={"params_path": args.params})
     else:
-        print(json.dumps(drm_pipeline(args.params), indent=2))
+        try:
+            print(json.dumps(drm_pipeline(args.params), indent=2))
+        except DRMError as e:  # the task's failure is in Prefect's log; the fix, on one line
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

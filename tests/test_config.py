@@ -12,6 +12,17 @@ def test_repository_params_file_is_valid():
     assert set(p.finetune.methods) <= set(p.methods)
 
 
+def test_keys_left_out_get_the_repository_defaults():
+    """A params file that leaves keys out (e.g. one written for real data) gets the values
+    params.yaml documents, not other ones."""
+    from drm.config import Params
+
+    assert Params().model_dump() == load_params("params.yaml").model_dump()
+    short = parse_params({"data": {"source": "imagefolder", "root": "data/mine"}})
+    assert short.evaluate.beta == "val" and short.evaluate.beta_id_tolerance == 2.0
+    assert set(short.finetune.methods) <= set(short.methods)
+
+
 @pytest.mark.parametrize("raw, key, words", [
     ({"finetune": {"lr": -1}}, "finetune.lr", "greater than 0"),
     ({"finetune": {"epochs": "ten"}}, "finetune.epochs", "integer"),
@@ -21,6 +32,11 @@ def test_repository_params_file_is_valid():
     ({"methods": {"x": {"loss": "sgd"}}, "finetune": {"methods": ["x"]}}, "methods.x.loss", "erm"),
     ({"world": {"contrast": [0.9, 0.1]}}, "world.contrast", "low <= high"),
     ({"wise": {"alphas": [0.0, 0.5]}}, "wise", "must include 1.0"),
+    ({"finetune": {"device": "gpu"}}, "finetune.device", "cpu, cuda, cuda:N or mps"),
+    ({"zeroshot": {"device": "cuda:x"}}, "zeroshot.device", "cpu, cuda, cuda:N or mps"),
+    ({"evaluate": {"select_splits": ["id_val"]}}, "evaluate.select_splits", "at least 2"),
+    ({"describe": {"provider": "openai", "openai": {"modle": "x"}}}, "describe.openai.modle",
+     "docs/describe-openai.md"),
 ])
 def test_bad_values_name_the_key(raw, key, words):
     with pytest.raises(ConfigError) as e:

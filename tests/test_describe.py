@@ -91,3 +91,26 @@ def test_rerun_with_same_result_leaves_file_byte_identical(tmp_path):
     assert json.loads((tmp_path / "o.run.json").read_text())["descriptions_file"] == "unchanged"
     run_describe(DescribeConfig(provider="world", per_class=3), ctx(tmp_path, traits), out)
     assert out.read_bytes() != first
+
+
+def test_description_files_outside_the_tracked_folder_are_flagged(tmp_path, monkeypatch):
+    """A describe.file DVC cannot see gets a warning that says how to rerun; one in
+    descriptions/ does not."""
+    import warnings
+
+    import drm.describe as describe_mod
+    from drm import steps
+    from drm.config import parse_params
+
+    (tmp_path / "descriptions").mkdir()
+    calls = []
+    monkeypatch.setattr(describe_mod, "run_describe", lambda cfg, ctx, out: calls.append(cfg.file) or {"a": ["x"]})
+    monkeypatch.setattr(steps, "_context", lambda params, base: None)
+    for path, flagged in (("d.json", True), ("descriptions/d.json", False)):
+        params = parse_params({"describe": {"provider": "file", "file": path}})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steps.describe(params, base=str(tmp_path), progress=False)
+        text = " ".join(str(w.message) for w in caught)
+        assert ("dvc repro -f -s describe" in text) is flagged, text
+    assert calls == ["d.json", "descriptions/d.json"]

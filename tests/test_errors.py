@@ -51,10 +51,15 @@ def test_model_folder_without_weights_refuses_random_init(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     (folder / "open_clip_model.safetensors").unlink()
-    with pytest.raises(DRMError, match="no weights"):
+    with pytest.raises(DRMError, match="no weights") as err:
         load_pretrained(f"local-dir:{folder}")
-    with pytest.raises(MissingArtifactError, match="'pretrain' stage"):
+    assert "stage" not in str(err.value)  # a user's own folder: no stage writes it
+    with pytest.raises(DRMError, match="needs open_clip_config.json") as err:
         load_pretrained(f"local-dir:{tmp_path / 'absent'}")
+    assert "stage" not in str(err.value)
+    # the pretrain stage's own output folder names the stage to run
+    with pytest.raises(MissingArtifactError, match="'pretrain' stage"):
+        load_pretrained("local-dir:models/pretrained", base_dir=tmp_path)
 
 
 def test_evaluate_names_missing_run(tmp_path):
@@ -71,7 +76,7 @@ def test_evaluate_names_missing_run(tmp_path):
     zs = tmp_path / "zs"
     zs.mkdir()
     with pytest.raises(MissingArtifactError, match="zeroshot"):
-        run_evaluate(Src(), zs, {}, EvaluateConfig(group_by=[]), tmp_path / "a.csv", tmp_path / "a.json")
+        run_evaluate(Src(), zs, {}, EvaluateConfig(group_by=[], beta=0.5), tmp_path / "a.csv", tmp_path / "a.json")
 
 
 def test_evaluate_refuses_predictions_that_do_not_match_the_data(tmp_path):
@@ -113,3 +118,23 @@ def test_report_names_missing_split(tmp_path):
                    "accuracy": 0.9}]).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ConfigError, match="id_test"):
         run_report(tmp_path / "m.csv", ReportConfig(), tmp_path / "r.md", tmp_path / "r.png")
+
+
+def test_params_that_do_not_fit_the_data_fail_before_training(tmp_path):
+    """group_by / select_splits / report splits naming what the data lacks stop the zeroshot
+    and finetune stages at once, not the evaluate stage after every run has trained."""
+    from tests.conftest import tiny_params_dict
+
+    params = tiny_params_dict()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stage("world", "--out", "data/world", cwd=tmp_path).returncode == 0
+    params["evaluate"]["group_by"] = ["location"]
+    params["report"]["ood_split"] = "test"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for name, args in (("zeroshot", ()), ("finetune", ("--method", "erm", "--seed", "0"))):
+        r = stage(name, *args, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert "evaluate.group_by names ['location']" in r.stderr and "clarity" in r.stderr
+        assert "report.id_split/ood_split name ['test']" in r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()

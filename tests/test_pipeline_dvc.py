@@ -46,7 +46,7 @@ def project(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dvcproj")
     proj = tmp / "proj"
     proj.mkdir()
-    for name in ("drm", "stages"):
+    for name in ("drm", "stages", "descriptions"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
     params = tiny_params_dict()
@@ -125,3 +125,18 @@ def test_lambda_reruns_only_drm_finetuning_and_later(project):
     assert {"finetune@drm-0", "evaluate"} <= ran <= {"finetune@drm-0", "evaluate", "report"}, out
     run = json.loads((proj / "runs/drm-s0/run.json").read_text())
     assert run["method_cfg"]["lam"] == 2.0
+
+
+def test_an_edited_description_file_reruns_describe(project):
+    """describe.file / describe.overrides live in descriptions/, a DVC dependency of describe:
+    editing one is seen (params only hold the path)."""
+    proj, env, _ = project
+    assert "describe" not in _run(["dvc", "status", "describe"], proj, env)
+    over = proj / "descriptions" / "over.json"
+    over.write_text(json.dumps({"circle": ["a round outline"]}))
+    try:
+        status = _run(["dvc", "status", "describe"], proj, env)
+        assert "describe" in status and "descriptions" in status, status
+    finally:
+        over.unlink()
+    assert "describe" not in _run(["dvc", "status", "describe"], proj, env)

@@ -6,7 +6,7 @@ The descriptions file (JSON, schema_version 1) is the `describe` stage's output:
       "schema_version": 1,
       "classnames": ["circle", ...],                 # the dataset's class order
       "descriptions": {"circle": ["...", ...], ...}, # class name -> non-empty list of str
-      "provenance": {"provider": "world", "created": "...", "counts": {...}, ...}
+      "provenance": {"provider": "world", "counts": {...}, ...}
     }
 
 Per-run statistics (requests, cache hits, tokens, seconds) go to a sidecar
@@ -177,8 +177,9 @@ def run_describe(cfg, ctx: DescribeContext, out_path) -> dict[str, list[str]]:
     run_info = {k: provenance.pop(k) for k in VOLATILE_PROVENANCE if k in provenance}
     run_info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out_path = Path(out_path)
+    # No timestamp in the file itself: the same descriptions give the same bytes on every
+    # machine (and the same hash in dvc.lock); when it was written is in the sidecar.
     if not _same_content(out_path, ctx.classnames, descriptions, provenance):
-        provenance["created"] = run_info["finished"]
         save_descriptions(out_path, ctx.classnames, descriptions, provenance)
         run_info["descriptions_file"] = "written"
     else:
