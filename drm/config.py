@@ -83,7 +83,7 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: Literal["world", "imagefolder", "iwildcam", "fmow"] = "world"
+    source: Literal["world", "imagefolder", "iwildcam", "fmow", "imagenet"] = "world"
     root: str = "data/world"
     num_workers: int = Field(0, ge=0)
 

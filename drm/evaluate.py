@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import torch
 import pyarrow.parquet as pq
 
 from drm.errors import ConfigError, DRMError, require
@@ -21,11 +22,25 @@ from drm.metrics import accuracy, dual_probs, macro_f1, per_class_accuracy, wors
 HEADS = ("df", "cd", "dual")
 
 
-def head_predictions(table, beta: float) -> dict:
+def head_predictions(table, beta: float, source=None, split: str | None = None) -> dict:
+    """Predicted class per head. With a source, the split is scored as its benchmark defines
+    it: classes outside source.class_mask(split) get no probability (e.g. ImageNet-R's 200),
+    and predictions go through source.project_predictions (e.g. ObjectNet's class sets)."""
     df = column_to_tensor(table, "df")
     cd = column_to_tensor(table, "cd")
-    return {"df": df.argmax(-1).numpy(), "cd": cd.argmax(-1).numpy(),
-            "dual": dual_probs(df, cd, beta).argmax(-1).numpy()}
+    mask = source.class_mask(split) if source is not None else None
+    if mask is not None:
+        keep = torch.as_tensor(mask, dtype=torch.bool)
+        if keep.numel() != df.shape[-1] or not keep.any():
+            raise DRMError(f"split {split!r}: class mask of {keep.numel()} classes ({int(keep.sum())} kept) "
+                           f"does not fit {df.shape[-1]} logits")
+        df = df.float().masked_fill(~keep, float("-inf"))
+        cd = cd.float().masked_fill(~keep, float("-inf"))
+    preds = {"df": df.argmax(-1).numpy(), "cd": cd.argmax(-1).numpy(),
+             "dual": dual_probs(df, cd, beta).argmax(-1).numpy()}
+    if source is not None:
+        preds = {h: source.project_predictions(split, p) for h, p in preds.items()}
+    return preds
 
 
 def split_metrics(y, pred, meta, group_by, source, split) -> dict:
@@ -60,7 +75,7 @@ def evaluate_table(table, method, seed, alpha, source, metas, cfg, beta: float |
                                "changed since they were made; rerun `dvc repro`")
             meta = indexed.loc[ids].reset_index(drop=True)
         y = sub.column("y").to_numpy()
-        preds = head_predictions(sub, beta)
+        preds = head_predictions(sub, beta, source, split)
         for head in HEADS:
             rows.append({"method": method, "seed": seed, "alpha": alpha, "split": split,
                          "role": source.splits[split], "head": head, "beta": beta if head == "dual" else None,
@@ -72,7 +87,8 @@ def _split_filter(table, column, value):
     return table.filter(pa.array(table.column(column).to_numpy(zero_copy_only=False) == value))
 
 
-def select_beta(tables: list, grid: list[float], splits: tuple[str, str], id_tolerance: float = 1.0) -> float:
+def select_beta(tables: list, grid: list[float], splits: tuple[str, str], id_tolerance: float = 1.0,
+                source=None) -> float:
     """The dual-inference beta with the best OOD-val accuracy among those whose ID-val
     accuracy is within id_tolerance points of the best ID-val accuracy over the grid;
     accuracies are means over the given tables (one per seed); ties go to beta nearest 0.5."""
@@ -84,7 +100,7 @@ def select_beta(tables: list, grid: list[float], splits: tuple[str, str], id_tol
         out = []
         for table in tables:
             sub = _split_filter(table, "split", split)
-            out.append(float((head_predictions(sub, beta)["dual"] == sub.column("y").to_numpy()).mean()))
+            out.append(float((head_predictions(sub, beta, source, split)["dual"] == sub.column("y").to_numpy()).mean()))
         return float(np.mean(out))
 
     ids = {b: acc(b, id_split) for b in grid}
@@ -120,7 +136,7 @@ def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv
     for (method, alpha), tabs in groups.items():
         if alpha == max(a for m, a in groups if m == method):  # the fine-tuned model itself
             chosen[method] = (select_beta([t for _, t in tabs], cfg.beta_grid, tuple(cfg.select_splits),
-                                          cfg.beta_id_tolerance) if by_val else float(cfg.beta))
+                                          cfg.beta_id_tolerance, source) if by_val else float(cfg.beta))
     betas = {(method, alpha): chosen[method] for method, alpha in groups}
     zs_rows = evaluate_table(zs, "zeroshot", -1, 0.0, source, metas, cfg, betas[("zeroshot", 0.0)])
     rows = list(zs_rows)
@@ -134,11 +150,33 @@ def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv
         rows += evaluate_table(table, method, seed, alpha, source, metas, cfg, betas[(method, alpha)])
     if not rows:
         raise DRMError("nothing to evaluate")
-    frame = pd.DataFrame(rows)
+    frame = add_ood_mean(pd.DataFrame(rows), [s for s in source.ood_average if s in metas])
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_csv, index=False)
     Path(out_json).write_text(json.dumps(summary_metrics(frame), indent=2) + "\n")
     return frame
+
+
+OOD_MEAN = "ood_mean"
+
+
+def add_ood_mean(frame: pd.DataFrame, splits: list[str]) -> pd.DataFrame:
+    """Rows of split `ood_mean`: each metric averaged over `splits` (a benchmark's OOD headline,
+    e.g. the mean top-1 over ImageNet's shifts), per method, seed, alpha and head."""
+    if len(splits) < 2:
+        return frame
+    keys = ["method", "seed", "alpha", "head"]
+    sub = frame[frame["split"].isin(splits)]
+    counts = sub.groupby(keys, dropna=False)["split"].nunique()
+    if (counts != len(splits)).any():
+        raise DRMError(f"{OOD_MEAN}: some runs lack one of the splits {splits}")
+    numeric = [c for c in sub.columns if c not in keys + ["split", "role", "beta"]
+               and pd.api.types.is_numeric_dtype(sub[c])]
+    mean = sub.groupby(keys, dropna=False)[numeric].mean().reset_index()
+    beta = sub.groupby(keys, dropna=False)["beta"].first().reset_index()
+    mean = mean.merge(beta, on=keys)
+    mean["split"], mean["role"] = OOD_MEAN, "ood"
+    return pd.concat([frame, mean[[c for c in frame.columns if c in mean.columns]]], ignore_index=True)
 
 
 def summary_metrics(frame: pd.DataFrame) -> dict:

@@ -42,9 +42,12 @@ def check_against_source(params: Params, source) -> None:
         if gone:
             problems.append(f"evaluate.beta 'val' needs the splits evaluate.select_splits {gone}; "
                             f"this data has {list(source.splits)} (or set evaluate.beta to a number)")
-    gone = [s for s in (params.report.id_split, params.report.ood_split) if s not in source.splits]
+    from drm.evaluate import OOD_MEAN
+
+    known = list(source.splits) + ([OOD_MEAN] if len(source.ood_average) >= 2 else [])
+    gone = [s for s in (params.report.id_split, params.report.ood_split) if s not in known]
     if gone:
-        problems.append(f"report.id_split/ood_split name {gone}; this data has {list(source.splits)}")
+        problems.append(f"report.id_split/ood_split name {gone}; this data has {known}")
     if problems:
         raise ConfigError("params do not fit the data (data.source "
                           f"{params.data.source!r}):\n  " + "\n  ".join(problems))

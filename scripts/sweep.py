@@ -68,7 +68,7 @@ def main():
         if args.beta == "val":
             ev = params.evaluate
             betas[name] = select_beta([t[1.0] for t in tables.values()], ev.beta_grid, tuple(ev.select_splits),
-                                      ev.beta_id_tolerance)
+                                      ev.beta_id_tolerance, source)
         else:
             betas[name] = float(args.beta)
         for seed, by_alpha in tables.items():

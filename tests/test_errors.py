@@ -1,5 +1,4 @@
 """Bad inputs fail with one clear line that says what to do (stage scripts exit with 2)."""
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -81,17 +80,15 @@ def test_evaluate_names_missing_run(tmp_path):
 
 def test_evaluate_refuses_predictions_that_do_not_match_the_data(tmp_path):
     import pandas as pd
-    import pyarrow as pa
 
     from drm.config import EvaluateConfig
     from drm.evaluate import evaluate_table
     from drm.inference import logits_table
 
-    class Src:
-        splits = {"id_val": "id"}
+    from drm.datasets import DataSource
 
-        def benchmark_metrics(self, *a):
-            return {}
+    def Src():
+        return DataSource(root=tmp_path, splits={"id_val": "id"})
 
     meta = pd.DataFrame({"id": ["a", "b"], "y": [0, 1]})
     stale = pd.DataFrame({"id": ["a", "zz"], "y": [0, 1]})

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from drm.config import MethodConfig
-from drm.errors import ConfigError
 from drm.losses import flyp_contrastive, get_loss, soft_cross_entropy
 
 ARCH = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},

@@ -161,7 +161,6 @@ def test_wise_interpolates_floats_only():
 
 
 def _logit_table(split, y, df, cd):
-    import pyarrow as pa
 
     from drm.inference import logits_table
 

@@ -20,6 +20,16 @@ from drm.errors import ConfigError
 ROLES = ("train", "id", "ood")
 
 
+def read_json(path):
+    """A JSON file a user provides (class names, mappings); invalid JSON is a ConfigError."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e
+
+
 @dataclass
 class Split:
     name: str
@@ -53,6 +63,18 @@ class DataSource:
     def splits_with_role(self, role: str) -> list[str]:
         return [s for s, r in self.splits.items() if r == role]
 
+    def class_mask(self, split: str):
+        """Boolean array over the classes a split is scored over (None: all), e.g. the 200
+        classes of ImageNet-R: the other classes' logits are masked before the argmax."""
+        return None
+
+    def project_predictions(self, split: str, pred):
+        """Map predicted classes to the split's label space (identity; ObjectNet differs)."""
+        return pred
+
+    # splits whose mean is the benchmark's OOD headline (evaluate adds it as split `ood_mean`)
+    ood_average: list[str] = field(default_factory=list)
+
 
 def _world(cfg, base_dir):
     from drm.datasets.world import WorldSource
@@ -78,11 +100,18 @@ def _fmow(cfg, base_dir):
     return FMoWSource.open(Path(base_dir) / cfg.root)
 
 
+def _imagenet(cfg, base_dir):
+    from drm.datasets.imagenet import ImageNetSource
+
+    return ImageNetSource.open(Path(base_dir) / cfg.root)
+
+
 SOURCES: dict[str, Callable] = {
     "world": _world,
     "imagefolder": _imagefolder,
     "iwildcam": _iwildcam,
     "fmow": _fmow,
+    "imagenet": _imagenet,
 }
 
 

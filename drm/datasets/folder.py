@@ -21,7 +21,6 @@ y = class index, domain = split name (the only group column).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import Dataset
 
-from drm.datasets import DataSource, Split
+from drm.datasets import DataSource, Split, read_json
 from drm.errors import ConfigError, DRMError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -116,10 +115,7 @@ class ImageFolderSource(DataSource):
         classnames = list(folders)
         mapping_path = root / "classnames.json"
         if mapping_path.exists():
-            try:
-                mapping = json.loads(mapping_path.read_text())
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{mapping_path} is not valid JSON: {e}") from e
+            mapping = read_json(mapping_path)
             if not isinstance(mapping, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in mapping.items()):
                 raise ConfigError(f"{mapping_path} must be a JSON object mapping class folder name -> "

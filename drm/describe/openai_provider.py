@@ -647,7 +647,7 @@ class OpenAIProvider:
         committed = sum(o.cached_now for o in outcomes.values())
         where = (f"the request cache {self.cache_path}" if self.cache_path is not None
                  else "no request cache (describe.openai.cache_path is null)")
-        msg = (f"describe.openai: " + "; ".join(parts) + ". "
+        msg = ("describe.openai: " + "; ".join(parts) + ". "
                f"{committed} answer(s) received this run are committed to {where}; a rerun "
                "requests only what is missing. " + _sentence("; ".join(hints)))
         err = DescriptionsError(self._redact(msg))
