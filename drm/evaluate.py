@@ -167,12 +167,16 @@ def add_ood_mean(frame: pd.DataFrame, splits: list[str]) -> pd.DataFrame:
         return frame
     keys = ["method", "seed", "alpha", "head"]
     sub = frame[frame["split"].isin(splits)]
-    counts = sub.groupby(keys, dropna=False)["split"].nunique()
-    if (counts != len(splits)).any():
-        raise DRMError(f"{OOD_MEAN}: some runs lack one of the splits {splits}")
+    have = sub.groupby(keys, dropna=False)["split"].agg(set)
+    short = {k: sorted(set(splits) - v) for k, v in have.items() if v != set(splits)}
+    if short:
+        (method, seed, alpha, _), missing = next(iter(short.items()))
+        raise DRMError(f"{OOD_MEAN}: {method} (seed {seed}, alpha {alpha}) has no rows for {missing}: "
+                       "its predictions predate those splits; rerun its finetune stage (`dvc repro`)")
     numeric = [c for c in sub.columns if c not in keys + ["split", "role", "beta"]
                and pd.api.types.is_numeric_dtype(sub[c])]
-    mean = sub.groupby(keys, dropna=False)[numeric].mean().reset_index()
+    # a metric missing (NaN) on one split leaves the mean NaN rather than averaging fewer splits
+    mean = sub.groupby(keys, dropna=False)[numeric].agg(lambda c: c.mean(skipna=False)).reset_index()
     beta = sub.groupby(keys, dropna=False)["beta"].first().reset_index()
     mean = mean.merge(beta, on=keys)
     mean["split"], mean["role"] = OOD_MEAN, "ood"

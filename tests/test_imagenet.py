@@ -16,7 +16,8 @@ from drm.config import DataConfig, EvaluateConfig
 from drm.datasets import open_source
 from drm.errors import ConfigError, DRMError
 
-WNIDS = [f"n{10000000 + 7 * i:08d}" for i in range(1000)]
+# ImageNet-1k's first and last wnids around made-up ones: the layout of the real train folder
+WNIDS = ["n01440764"] + [f"n{1440765 + i:08d}" for i in range(998)] + ["n15075141"]
 
 
 def _img(path: Path, color=(200, 10, 10), size=(12, 12), fmt="JPEG"):
@@ -196,3 +197,39 @@ def test_stages_run_end_to_end_on_the_imagenet_layout(tree, tmp_path):
         mean = sub[sub.split == "ood_mean"].set_index(["seed", "alpha"]).accuracy
         assert np.allclose(per_seed.sort_index().to_numpy(), mean.sort_index().to_numpy())
     assert "ood_mean" in (base / "reports" / "report.md").read_text()
+
+
+def test_layout_is_checked_when_the_source_opens(tree):
+    """Layout mistakes fail at open (seconds), not after a pass over 1.28M training images."""
+    import shutil
+
+    cfg = DataConfig(source="imagenet", root=str(tree))
+    stray = tree / "objectnet-1.0" / "images" / "not_a_class"
+    _img(stray / "q.png", fmt="PNG")
+    with pytest.raises(ConfigError, match="not_a_class"):
+        open_source(cfg)
+    shutil.rmtree(stray)
+    _img(tree / "imagenet" / "val" / "ILSVRC2012_val_00000009.JPEG")  # an unsorted val image
+    with pytest.raises(ConfigError, match="sorted into <wnid>/"):
+        open_source(cfg)
+    (tree / "imagenet" / "val" / "ILSVRC2012_val_00000009.JPEG").unlink()
+    _img(tree / "imagenetv2-matched-frequency-format-val" / "cat" / "c.jpeg")
+    with pytest.raises(ConfigError, match="named 0..999"):
+        open_source(cfg)
+    shutil.rmtree(tree / "imagenetv2-matched-frequency-format-val" / "cat")
+    maps = tree / "objectnet-1.0" / "mappings" / "objectnet_to_imagenet_1k.json"
+    maps.write_text(json.dumps({"Alarm clock": "analog clock; banana", "Banana": "banana"}))
+    with pytest.raises(ConfigError, match="disjoint"):
+        open_source(cfg)
+
+
+def test_ood_mean_keeps_a_missing_metric_missing():
+    from drm.evaluate import add_ood_mean
+
+    rows = [{"method": "m", "seed": 0, "alpha": 1.0, "head": "dual", "split": s, "role": "ood", "beta": 0.5,
+             "accuracy": a, "bench_x": b} for s, a, b in (("o1", 0.2, 1.0), ("o2", 0.4, float("nan")))]
+    out = add_ood_mean(pd.DataFrame(rows), ["o1", "o2"])
+    mean = out[out.split == "ood_mean"].iloc[0]
+    assert mean.accuracy == pytest.approx(0.3) and np.isnan(mean.bench_x) and mean.beta == 0.5
+    with pytest.raises(DRMError, match="rerun its finetune"):
+        add_ood_mean(pd.DataFrame(rows[:1]), ["o1", "o2"])

@@ -61,6 +61,7 @@ OBJECTNET_MAPPINGS = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1
                       "pytorch_to_imagenet_2012_id.json", "imagenet_to_label_2012_v2")
 ID_VAL_PERCENT = 1
 DISAMBIGUATE = {744: "projectile", 836: "sunglass"}  # see _classnames
+STANDARD_ENDS = ("n01440764", "n15075141")  # first and last of ImageNet-1k's sorted wnids
 LAYOUT_HELP = ("expected data.root/imagenet/train/<wnid>/ (and imagenet/val/<wnid>/, imagenet-r/, imagenet-a/, "
                "sketch/, imagenetv2-matched-frequency-format-val/, objectnet-1.0/): see drm/datasets/imagenet.py")
 
@@ -90,8 +91,11 @@ class CroppedImageDataset(FileImageDataset):
 @dataclass
 class ImageNetSource(DataSource):
     wnids: list[str] = field(default_factory=list)
-    objectnet: dict | None = None  # folder -> sorted ImageNet class indices
+    objectnet: dict | None = None  # folder -> sorted ImageNet class indices (mapped classes only)
+    # split -> [(class folder, label or None: left out by the benchmark)], checked at open
+    layout: dict[str, list[tuple[Path, int | None]]] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)  # split -> images left out by the benchmark
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, root) -> "ImageNetSource":
@@ -103,58 +107,74 @@ class ImageNetSource(DataSource):
         if not wnids:
             raise DRMError(f"{train} has no class folders; {LAYOUT_HELP}")
         classnames = _classnames(root / "imagenet", wnids)
+        index = {w: i for i, w in enumerate(wnids)}
         splits = {"train": "train", "id_val": "id"}
-        if _val_dir(root) is not None:
+        layout: dict[str, list[tuple[Path, int | None]]] = {}
+        val = _val_dir(root)
+        if val is not None:
             splits["id_test"] = "id"
+            layout["id_test"] = _wnid_folders(val, index, train, hint=(
+                "ImageNet val must be sorted into <wnid>/ class folders first (the usual valprep script)"))
+        objectnet = None
         for name, folder in SHIFTS.items():
-            if (root / folder).is_dir():
-                splits[name] = "ood"
-        objectnet = _objectnet_map(root, len(wnids)) if "ood_objectnet" in splits else None
-        if "ood_imagenet_v2" in splits and len(wnids) != 1000:
-            raise ConfigError(f"ImageNet-V2's class folders are indices into the 1000 ImageNet classes, but "
-                              f"{train} has {len(wnids)} class folders; remove {root / SHIFTS['ood_imagenet_v2']} "
-                              "or use the full class set")
+            base = root / folder
+            if not base.is_dir():
+                continue
+            splits[name] = "ood"
+            if name == "ood_imagenet_v2":
+                if len(wnids) != 1000:
+                    raise ConfigError(f"ImageNet-V2's class folders are indices into the 1000 ImageNet classes, "
+                                      f"but {train} has {len(wnids)} class folders; remove {base} or use the "
+                                      "full class set")
+                bad = [f.name for f in _visible_dirs(base) if not (f.name.isdigit() and int(f.name) < 1000)]
+                if bad:
+                    raise ConfigError(f"{base}: ImageNet-V2 class folders are named 0..999, found {bad[:5]}")
+                layout[name] = [(f, int(f.name)) for f in _visible_dirs(base)]
+            elif name == "ood_objectnet":
+                objectnet, listed = _objectnet_map(root, len(wnids))
+                unknown = [f.name for f in _visible_dirs(base) if f.name not in listed]
+                if unknown:
+                    raise ConfigError(f"{base}: folder(s) {unknown[:5]} are not in ObjectNet's "
+                                      f"{OBJECTNET_MAPPINGS[0]}; remove them or fix the mapping")
+                # unmapped classes (no ImageNet counterpart) are not part of the benchmark
+                layout[name] = [(f, objectnet[f.name][0] if f.name in objectnet else None)
+                                for f in _visible_dirs(base)]
+            else:
+                layout[name] = _wnid_folders(base, index, train)
+                if name in ("ood_imagenet_r", "ood_imagenet_a") and len(layout[name]) != 200:
+                    warnings.warn(f"{base} has {len(layout[name])} class folders, not ImageNet-R/A's 200 "
+                                  "(a partial download?): it is scored over the classes present", stacklevel=2)
         ood = [s for s, r in splits.items() if r == "ood"]
         if not ood:
             warnings.warn(f"no ImageNet shift found under {root} ({sorted(SHIFTS.values())}): OOD metrics "
                           "will be missing", stacklevel=2)
         return cls(root=root, classnames=classnames, splits=splits, group_columns=["domain"],
-                   headline="accuracy", wnids=wnids, objectnet=objectnet, ood_average=ood)
+                   headline="accuracy", wnids=wnids, objectnet=objectnet, ood_average=ood, layout=layout)
 
     # ---- files and labels -------------------------------------------------------------
-    def files(self, split: str) -> tuple[list[str], list[int]]:
-        self.check_split(split)
-        index = {w: i for i, w in enumerate(self.wnids)}
-        rel, ys = [], []
-        if split in ("train", "id_val"):
+    def _train_files(self) -> dict[str, tuple[list[str], list[int]]]:
+        """train and id_val, from one walk of the train folder per source (1.28M files)."""
+        if "train" not in self._cache:
+            out = {"train": ([], []), "id_val": ([], [])}
             for y, wnid in enumerate(self.wnids):
                 for r in _images(self.root / "imagenet" / "train" / wnid, self.root):
-                    if in_id_val(r) == (split == "id_val"):
-                        rel.append(r)
-                        ys.append(y)
-            return rel, ys
-        if split == "id_test":
-            base = _val_dir(self.root)
-        else:
-            base = self.root / SHIFTS[split]
-        excluded = 0
-        for folder in _visible_dirs(base):
-            if split == "ood_imagenet_v2":
-                if not folder.name.isdigit() or not 0 <= int(folder.name) < len(self.wnids):
-                    raise ConfigError(f"{folder}: ImageNet-V2 class folders are named 0..999")
-                y = int(folder.name)
-            elif split == "ood_objectnet":
-                ids = self.objectnet.get(folder.name)
-                if ids is None:  # no ImageNet counterpart: not part of the benchmark
-                    excluded += len(_images(folder, self.root))
-                    continue
-                y = ids[0]  # the class's canonical ImageNet index (see project_predictions)
-            else:
-                if folder.name not in index:
-                    raise ConfigError(f"{folder}: {folder.name!r} is not a class folder of "
-                                      f"{self.root / 'imagenet' / 'train'}")
-                y = index[folder.name]
+                    rel, ys = out["id_val" if in_id_val(r) else "train"]
+                    rel.append(r)
+                    ys.append(y)
+            self._cache["train"] = out
+        return self._cache["train"]
+
+    def files(self, split: str) -> tuple[list[str], list[int]]:
+        self.check_split(split)
+        if split in ("train", "id_val"):
+            rel, ys = self._train_files()[split]
+            return list(rel), list(ys)
+        rel, ys, excluded = [], [], 0
+        for folder, y in self.layout[split]:
             found = _images(folder, self.root)
+            if y is None:
+                excluded += len(found)
+                continue
             rel += found
             ys += [y] * len(found)
         if excluded:
@@ -165,7 +185,8 @@ class ImageNetSource(DataSource):
         rel, ys = self.files(split)
         if not rel:
             raise DRMError(f"split {split!r} holds no images under {self.root}; {LAYOUT_HELP}")
-        if split in self.excluded:
+        if split in self.excluded and ("warned", split) not in self._cache:
+            self._cache[("warned", split)] = True
             warnings.warn(f"{split}: {self.excluded[split]} images of ObjectNet classes without an ImageNet "
                           "counterpart are left out, as the benchmark defines it", stacklevel=2)
         meta = pd.DataFrame({"id": pd.Series(rel, dtype=str), "y": np.asarray(ys, dtype=np.int64),
@@ -176,31 +197,45 @@ class ImageNetSource(DataSource):
 
     # ---- evaluation as the benchmarks define it ----------------------------------------
     def class_mask(self, split: str) -> np.ndarray | None:
-        """The classes a split is scored over (R, A: their 200; ObjectNet: its 113 mapped sets)."""
-        n = len(self.wnids)
-        if split in ("ood_imagenet_r", "ood_imagenet_a"):
-            index = {w: i for i, w in enumerate(self.wnids)}
-            mask = np.zeros(n, dtype=bool)
-            mask[[index[f.name] for f in _visible_dirs(self.root / SHIFTS[split]) if f.name in index]] = True
-            return mask
-        if split == "ood_objectnet":
-            mask = np.zeros(n, dtype=bool)
-            for ids in self.objectnet.values():
-                mask[ids] = True
-            return mask
-        return None
+        """The classes a split is scored over (R, A: their 200; ObjectNet: its 113 mapped sets):
+        each head's softmax is renormalised over them before the dual mixture and the argmax."""
+        if split not in ("ood_imagenet_r", "ood_imagenet_a", "ood_objectnet"):
+            return None
+        key = ("mask", split)
+        if key not in self._cache:
+            mask = np.zeros(len(self.wnids), dtype=bool)
+            if split == "ood_objectnet":
+                for ids in self.objectnet.values():
+                    mask[ids] = True
+            else:
+                mask[[y for _, y in self.layout[split]]] = True
+            self._cache[key] = mask
+        return self._cache[key]
 
     def project_predictions(self, split: str, pred: np.ndarray) -> np.ndarray:
         """ObjectNet: an ImageNet class -> its ObjectNet class's canonical index (the label)."""
         if split != "ood_objectnet":
             return pred
-        canon = np.arange(len(self.wnids))
-        for ids in self.objectnet.values():
-            canon[ids] = ids[0]
-        return canon[np.asarray(pred)]
+        if "canon" not in self._cache:
+            canon = np.arange(len(self.wnids))
+            for ids in self.objectnet.values():
+                canon[ids] = ids[0]
+            self._cache["canon"] = canon
+        return self._cache["canon"][np.asarray(pred)]
 
     def benchmark_metrics(self, split: str, meta: pd.DataFrame, y_pred) -> dict[str, float]:
         return {"accuracy": float(np.mean(np.asarray(y_pred) == meta["y"].to_numpy())) if len(meta) else float("nan")}
+
+
+def _wnid_folders(base: Path, index: dict[str, int], train: Path, hint: str = "") -> list[tuple[Path, int]]:
+    folders = _visible_dirs(base)
+    stray = [p.name for p in base.iterdir() if p.is_file() and _is_image(p.name)][:3]
+    unknown = [f.name for f in folders if f.name not in index][:5]
+    if stray or unknown or not folders:
+        what = (f"images directly in it ({stray})" if stray else
+                f"folder(s) {unknown} that are not class folders of {train}" if unknown else "no class folders")
+        raise ConfigError(f"{base}: {what}; expected <wnid>/ class folders" + (f": {hint}" if hint else ""))
+    return [(f, index[f.name]) for f in folders]
 
 
 def _val_dir(root: Path) -> Path | None:
@@ -225,7 +260,7 @@ def _classnames(folder: Path, wnids: list[str]) -> list[str]:
             raise ConfigError(f"{mapping_path} gives several classes the same name {dup[:5]}: "
                               "descriptions are keyed by class name, so give them distinct names")
         return names
-    if len(wnids) == 1000:
+    if len(wnids) == 1000 and (wnids[0], wnids[-1]) == STANDARD_ENDS:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
         names = list(IMAGENET_CLASSNAMES)
@@ -236,13 +271,14 @@ def _classnames(folder: Path, wnids: list[str]) -> list[str]:
             if names[i] in names[:i] + names[i + 1:]:
                 names[i] = name
         return names
-    warnings.warn(f"{len(wnids)} ImageNet class folders (not the standard 1000) and no {mapping_path}: "
+    warnings.warn(f"{len(wnids)} class folders that are not ImageNet's standard 1000 wnids, and no {mapping_path}: "
                   "prompts will use the wnids; put {\"<wnid>\": \"name\"} there", stacklevel=3)
     return list(wnids)
 
 
-def _objectnet_map(root: Path, n_classes: int) -> dict[str, list[int]]:
-    """ObjectNet folder -> sorted ImageNet class indices, from the mapping files it ships."""
+def _objectnet_map(root: Path, n_classes: int) -> tuple[dict[str, list[int]], set[str]]:
+    """(ObjectNet folder -> sorted ImageNet class indices for the mapped classes, every folder
+    the mapping lists), from the mapping files ObjectNet ships."""
     maps = root / "objectnet-1.0" / "mappings"
     missing = [f for f in OBJECTNET_MAPPINGS if not (maps / f).exists()]
     if missing:
@@ -253,7 +289,7 @@ def _objectnet_map(root: Path, n_classes: int) -> dict[str, list[int]]:
     id2012_to_index = {int(v): int(k) for k, v in pytorch_to_2012.items()}
     lines = (maps / OBJECTNET_MAPPINGS[3]).read_text().splitlines()
     name_to_index = {line.strip(): id2012_to_index[i] for i, line in enumerate(lines) if line.strip()}
-    out = {}
+    out, owner = {}, {}
     for folder, label in folder_to_label.items():
         if label not in label_to_names:
             continue
@@ -263,4 +299,9 @@ def _objectnet_map(root: Path, n_classes: int) -> dict[str, list[int]]:
             raise ConfigError(f"{maps / OBJECTNET_MAPPINGS[1]}: {label!r} names ImageNet class(es) {unknown} "
                               f"that {OBJECTNET_MAPPINGS[3]} does not list")
         out[folder] = sorted(name_to_index[n] for n in names)
-    return out
+        for i in out[folder]:
+            if i in owner:
+                raise ConfigError(f"{maps / OBJECTNET_MAPPINGS[1]}: ImageNet class {i} belongs to both "
+                                  f"{owner[i]!r} and {label!r}; the benchmark needs disjoint class sets")
+            owner[i] = label
+    return out, set(folder_to_label)
