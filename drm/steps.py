@@ -69,7 +69,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def describe_inputs(params: Params, base=".") -> list[str]:
+def describe_inputs(params: Params) -> list[str]:
     """The description files the describe stage reads (relative to base), for cache keys."""
     return [v for v in (params.describe.file, params.describe.overrides) if v]
 
@@ -80,12 +80,10 @@ def describe(params: Params, base=".", out="data/descriptions.json", progress=Tr
     if not progress:
         params.describe.openai.progress = False
 
-    outside = [f"describe.{k} ({v})" for k, v in (("file", params.describe.file),
-                                                   ("overrides", params.describe.overrides))
-               if v and not _inside(Path(base) / v, Path(base) / DESCRIPTIONS_DIR)]
+    outside = [v for v in describe_inputs(params) if not _inside(Path(base) / v, Path(base) / DESCRIPTIONS_DIR)]
     if outside:
-        warnings.warn(f"{', '.join(outside)} is outside {DESCRIPTIONS_DIR}/, so DVC does not see edits to it: "
-                      f"after editing, rerun with `dvc repro -f -s describe`, or move it into {DESCRIPTIONS_DIR}/",
+        warnings.warn(f"describe file(s) {outside} outside {DESCRIPTIONS_DIR}/: DVC does not see edits to them; "
+                      f"after editing, rerun with `dvc repro -f -s describe`, or move them into {DESCRIPTIONS_DIR}/",
                       stacklevel=2)
     desc = run_describe(params.describe, _context(params, base), Path(base) / out)
     return {"classes": len(desc), "descriptions": sum(map(len, desc.values())), "out": str(out)}

@@ -136,7 +136,7 @@ def drm_pipeline(params_path: str = "params.yaml") -> dict:
     p = pretrain(pj, _section(params, "pretrain"), base, code, w)
     # the description files' contents are part of describe's key (params hold only their paths)
     d = describe(pj, _section(params, "describe", "data"), base, code,
-                 [w, fingerprint(base, *steps.describe_inputs(params, base))])
+                 [w, fingerprint(base, *steps.describe_inputs(params))])
     z = zeroshot(pj, _section(params, "zeroshot", "model", "data"), base, code, [p, d])
     ft_section = params.finetune.model_dump(exclude={"methods"})
     runs = []
