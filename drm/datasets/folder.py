@@ -60,6 +60,16 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def list_images(folder: Path, root: Path) -> list[str]:
+    """Image files under `folder`, recursively (hidden files and folders skipped), as sorted
+    POSIX paths relative to `root`."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, f).relative_to(root).as_posix() for f in filenames if _is_image(f)]
+    return sorted(found)
+
+
 class FileImageDataset(Dataset):
     """Images read from files per item (picklable: paths, labels and the transform)."""
 
@@ -138,13 +148,7 @@ class ImageFolderSource(DataSource):
             class_dir = split_dir / folder
             if not class_dir.is_dir():
                 continue
-            found = []
-            for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                for fn in filenames:
-                    if _is_image(fn):
-                        found.append(Path(dirpath, fn).relative_to(self.root).as_posix())
-            found.sort()
+            found = list_images(class_dir, self.root)
             rel += found
             ys += [y] * len(found)
         return rel, ys

@@ -36,7 +36,6 @@ the train folder has the standard 1000 wnids, else from classnames.json, else th
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ import pandas as pd
 from PIL import Image
 
 from drm.datasets import DataSource, Split, read_json
-from drm.datasets.folder import FileImageDataset, _is_image, _visible_dirs
+from drm.datasets.folder import FileImageDataset, _is_image, _visible_dirs, list_images
 from drm.errors import ConfigError, DRMError
 
 # split name -> folder under root (ImageNet-V2's class folders are indices, the others wnids)
@@ -69,14 +68,6 @@ LAYOUT_HELP = ("expected data.root/imagenet/train/<wnid>/ (and imagenet/val/<wni
 def in_id_val(rel_path: str) -> bool:
     """Whether a train image is held out as id_val: 1% by a hash of its relative path."""
     return int(hashlib.sha1(rel_path.encode()).hexdigest()[:8], 16) % 100 < ID_VAL_PERCENT
-
-
-def _images(folder: Path, root: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath, f).relative_to(root).as_posix() for f in filenames if _is_image(f)]
-    return sorted(found)
 
 
 class CroppedImageDataset(FileImageDataset):
@@ -157,7 +148,7 @@ class ImageNetSource(DataSource):
         if "train" not in self._cache:
             out = {"train": ([], []), "id_val": ([], [])}
             for y, wnid in enumerate(self.wnids):
-                for r in _images(self.root / "imagenet" / "train" / wnid, self.root):
+                for r in list_images(self.root / "imagenet" / "train" / wnid, self.root):
                     rel, ys = out["id_val" if in_id_val(r) else "train"]
                     rel.append(r)
                     ys.append(y)
@@ -171,7 +162,7 @@ class ImageNetSource(DataSource):
             return list(rel), list(ys)
         rel, ys, excluded = [], [], 0
         for folder, y in self.layout[split]:
-            found = _images(folder, self.root)
+            found = list_images(folder, self.root)
             if y is None:
                 excluded += len(found)
                 continue
