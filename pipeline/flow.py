@@ -1,56 +1,103 @@
-"""The same pipeline as dvc.yaml, as a Prefect flow: each stage is a task over the same
-drm.steps function, with retries, cross-run caching and optional schedules.
+"""The pipeline as a Prefect flow that follows dvc.yaml: the same stages, paths, params and
+code, read through DVC's own API, each run as a Prefect task by calling its stage script's
+`main` in-process (no subprocess, no second declaration of the graph).
 
     python -m pipeline.flow                      # run once (a temporary local Prefect server)
-    python -m pipeline.flow --serve --cron "0 3 * * *"   # run on a schedule (long-running)
+    python -m pipeline.flow --serve --cron "0 3 * * *"   # on a schedule: needs a Prefect server
 
-Caching: a task's cache key is its inputs (the params sections it reads, the summaries of
-the tasks it depends on, a hash of the drm library's source) plus its own source, so a
-rerun with nothing changed skips every task, and a change reruns what it affects. Results
-are persisted under PREFECT_HOME. DVC stays the reference for artifact tracking; the flow
-writes the same files in the same places.
+Caching: a task's key is what DVC would compare for that stage: its command, the values of
+the params it lists and the content hash of every dependency (code folders, data, upstream
+outputs), computed by DVC (`Dependency.get_hash`, with DVC's state cache so an unchanged large
+folder is not re-read). A rerun with nothing changed runs nothing; a changed image, param or
+source file reruns that stage and whatever its outputs feed. A stage whose outputs are missing
+reruns even on a cache hit. Results are persisted under PREFECT_HOME.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.util
 import json
+import shlex
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from drm import steps
-from drm.config import Params, load_params
-from drm.errors import DRMError
-
-# The full params travel as params_json but are not part of the key: each task is keyed on
-# the sections it reads (`section`), so a change elsewhere does not rerun it.
-CACHE = (INPUTS - "params_json") + TASK_SOURCE
-LIB = Path(__file__).resolve().parents[1] / "drm"
+from drm.base.errors import ConfigError, DRMError
 
 
-def code_version() -> str:
-    """Hash of the library's source: a code change invalidates the flow's cache."""
-    h = hashlib.sha256()
-    for f in sorted(LIB.rglob("*.py")):
-        h.update(f.relative_to(LIB).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+@dataclass(frozen=True)
+class Stage:
+    """One resolved dvc.yaml stage (matrix entries expanded: finetune@drm-0)."""
+
+    name: str
+    script: str  # stages/<name>.py
+    argv: tuple[str, ...]  # its arguments, from the stage's cmd
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    upstream: tuple[str, ...]  # names of the stages whose outputs it reads
 
 
-def fingerprint(base: str, *paths: str) -> str:
-    """Content hash of output files/folders: what downstream tasks key their cache on, so a
-    rerun upstream that changes its outputs reruns them, and one that doesn't, doesn't."""
-    h = hashlib.sha256()
-    for rel in paths:
-        p = Path(base) / rel
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            h.update(f.relative_to(base).as_posix().encode())
-            h.update(f.read_bytes() if f.exists() else b"<missing>")
-    return h.hexdigest()[:16]
+_lock = threading.Lock()  # DVC's repo object and state database are not thread-safe
+
+
+@functools.lru_cache(maxsize=8)
+def _repo(project: str):
+    from dvc.repo import Repo
+
+    return Repo(project)
+
+
+def load_stages(project: str) -> list[Stage]:
+    """dvc.yaml's stages in dependency order, as DVC resolves them (vars, params, matrix)."""
+    import networkx as nx
+
+    with _lock:
+        repo = _repo(project)
+        graph = repo.index.graph
+        order = list(nx.topological_sort(graph.reverse()))
+        out = []
+        for s in order:
+            cmd = shlex.split(s.cmd if isinstance(s.cmd, str) else " ".join(s.cmd))
+            if len(cmd) < 2 or cmd[0] != "python" or not cmd[1].startswith("stages/"):
+                raise ConfigError(f"dvc.yaml stage {s.name!r}: the flow runs `python stages/<x>.py ...` "
+                                  f"commands in-process; got {s.cmd!r}")
+            out.append(Stage(name=s.name, script=cmd[1], argv=tuple(cmd[2:]),
+                             deps=tuple(d.def_path for d in s.deps if not _is_params(d)),
+                             outs=tuple(o.def_path for o in s.outs),
+                             upstream=tuple(u.name for u in graph.successors(s))))
+        return out
+
+
+def _is_params(dep) -> bool:
+    return type(dep).__name__ == "ParamsDependency"
+
+
+def stage_key(project: str, name: str) -> str:
+    """What DVC compares to decide whether a stage changed: cmd, params values, dep hashes."""
+    with _lock:
+        repo = _repo(project)
+        repo.index  # noqa: B018 (resolved once per repo object)
+        stage = next(s for s in repo.index.stages if s.name == name)
+        h = hashlib.sha256(str(stage.cmd).encode())
+        for dep in stage.deps:
+            if _is_params(dep):
+                h.update(json.dumps(dep.read_params(), sort_keys=True, default=str).encode())
+            else:
+                hashed = dep.get_hash() if dep.exists else None
+                h.update(f"{dep.def_path}={hashed.value if hashed else '<missing>'}".encode())
+        return h.hexdigest()
+
+
+def _cache_key(context, parameters) -> str:
+    # Runs when the task starts, after its upstream tasks finished: their outputs are hashed.
+    return stage_key(parameters["project"], parameters["name"])
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
@@ -65,108 +112,73 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     return not isinstance(exc, DRMError)
 
 
-def _params(params_json: str) -> Params:
-    return Params.model_validate_json(params_json)
+def run_stage_script(project: str, stage: Stage) -> dict:
+    """Call the stage script's main() with its dvc.yaml arguments, as `dvc repro` would run it."""
+    spec = importlib.util.spec_from_file_location(f"drm_stage_{Path(stage.script).stem}", Path(project) / stage.script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [*stage.argv, "--params", str(Path(project) / "params.yaml"), "--no-progress"]
+    _, summary = module.main(argv)
+    return summary if isinstance(summary, dict) else {"summary": summary}
 
 
-def _section(params: Params, *names: str) -> str:
-    return json.dumps({n: getattr(params, n).model_dump() if hasattr(getattr(params, n), "model_dump")
-                       else getattr(params, n) for n in names}, sort_keys=True, default=str)
+@task(cache_key_fn=_cache_key, persist_result=True, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_unless_user_error, task_run_name="{name}")
+def run_stage(project: str, name: str, stage: Stage) -> dict:
+    log = get_run_logger()
+    log.info("%s reads %s", name, ", ".join(stage.deps))
+    t0 = time.time()
+    summary = run_stage_script(project, stage)
+    log.info("%s wrote %s in %.1f s", name, ", ".join(stage.outs), time.time() - t0)
+    return {"stage": name, "seconds": round(time.time() - t0, 1), "summary": summary}
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=1, retry_condition_fn=retry_unless_user_error)
-def world(params_json: str, section: str, base: str, code: str) -> str:
-    steps.world(_params(params_json), base, progress=False)
-    return fingerprint(base, "data/world")
+def _outputs_missing(project: str, stage: Stage) -> bool:
+    return not all((Path(project) / o).exists() for o in stage.outs)
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=1, retry_condition_fn=retry_unless_user_error)
-def pretrain(params_json: str, section: str, base: str, code: str, upstream: str) -> str:
-    steps.pretrain(_params(params_json), base, progress=False)
-    return fingerprint(base, "models/pretrained")
+# One stage at a time: stages share the process (torch threads, global RNG state).
+@flow(name="drm-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def drm_pipeline(project: str = ".") -> dict:
+    """Every dvc.yaml stage as a task, each submitted once its upstream stages are done."""
+    from drm.params import load_params
+
+    project = str(Path(project).resolve())
+    load_params(Path(project) / "params.yaml")  # every section valid before any task runs
+    futures = {}
+    for stage in load_stages(project):
+        # A cache hit returns the stored summary without running: only valid if the files are there.
+        runner = run_stage.with_options(refresh_cache=True) if _outputs_missing(project, stage) else run_stage
+        futures[stage.name] = runner.submit(project=project, name=stage.name, stage=stage,
+                                            wait_for=[futures[u] for u in stage.upstream])
+    return {name: f.result() for name, f in futures.items()}
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=retry_unless_user_error)
-def describe(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
-    steps.describe(_params(params_json), base, progress=False)
-    return fingerprint(base, "data/descriptions.json")
+def serve(project: str, cron: str) -> None:
+    """Serve the flow on a schedule. Prefect's temporary server cannot schedule runs, so refuse it."""
+    from prefect.settings import PREFECT_API_URL
 
-
-@task(cache_policy=CACHE, persist_result=True, retries=1, retry_condition_fn=retry_unless_user_error)
-def zeroshot(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
-    steps.zeroshot(_params(params_json), base, progress=False)
-    return fingerprint(base, "data/zeroshot")
-
-
-@task(cache_policy=CACHE, persist_result=True, retries=1, retry_condition_fn=retry_unless_user_error)
-def finetune(params_json: str, section: str, method: str, seed: int, base: str, code: str,
-             upstream: str) -> str:
-    steps.finetune(_params(params_json), method, seed, base, progress=False)
-    run = f"runs/{method}-s{seed}"
-    return fingerprint(base, f"{run}/model.safetensors", f"{run}/predictions.parquet")
-
-
-@task(cache_policy=CACHE, persist_result=True)
-def evaluate(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
-    steps.evaluate(_params(params_json), base, progress=False)
-    return fingerprint(base, "metrics/all.csv")
-
-
-@task(cache_policy=CACHE, persist_result=True)
-def diagnostics(params_json: str, section: str, base: str, code: str, upstream: list) -> str:
-    steps.diagnostics(_params(params_json), base, progress=False)
-    return fingerprint(base, "reports/diagnostics.md")
-
-
-@task(cache_policy=CACHE, persist_result=True)
-def report(params_json: str, section: str, base: str, code: str, upstream: list) -> dict:
-    return steps.report(_params(params_json), base)
-
-
-@flow(name="drm-pipeline")
-def drm_pipeline(params_path: str = "params.yaml") -> dict:
-    """world -> pretrain -> describe -> zeroshot -> finetune (methods x seeds) -> evaluate,
-    diagnostics -> report. Each task returns a content hash of its outputs."""
-    params = load_params(params_path)
-    base = str(Path(params_path).resolve().parent)
-    pj = params.model_dump_json()
-    code = code_version()
-    w = world(pj, _section(params, "world"), base, code)
-    p = pretrain(pj, _section(params, "pretrain"), base, code, w)
-    # the description files' contents are part of describe's key (params hold only their paths)
-    d = describe(pj, _section(params, "describe", "data"), base, code,
-                 [w, fingerprint(base, *steps.describe_inputs(params))])
-    z = zeroshot(pj, _section(params, "zeroshot", "model", "data"), base, code, [p, d])
-    ft_section = params.finetune.model_dump(exclude={"methods"})
-    runs = []
-    for method in params.finetune.methods:
-        section = json.dumps({"method": params.methods[method].model_dump(), "finetune": ft_section,
-                              "templates": params.zeroshot.templates,
-                              "wise": params.wise.model_dump(), "model": params.model.model_dump(),
-                              "data": params.data.model_dump()}, sort_keys=True)
-        for seed in params.seeds:
-            runs.append(finetune(pj, section, method, seed, base, code, z))
-    e = evaluate(pj, json.dumps({"evaluate": params.evaluate.model_dump(), "seeds": params.seeds,
-                                 "methods": params.finetune.methods}, sort_keys=True), base, code, [z, *runs])
-    g = diagnostics(pj, _section(params, "world", "model", "data"), base, code, [p, z])
-    return report(pj, _section(params, "report"), base, code, [e, g])
+    if not PREFECT_API_URL.value():
+        raise ConfigError("scheduled runs need a Prefect server (the temporary one Prefect starts by itself "
+                          "never schedules anything): start one with `scripts/prefect_server.sh` and set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api (README: Scheduled runs)")
+    drm_pipeline.serve(name="drm-scheduled", cron=cron, parameters={"project": str(Path(project).resolve())})
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--project", default=".", help="the project folder (dvc.yaml, params.yaml, stages/)")
     ap.add_argument("--serve", action="store_true", help="serve the flow on a schedule (long-running)")
     ap.add_argument("--cron", default="0 3 * * *", help="schedule for --serve (default: daily 03:00)")
     args = ap.parse_args(argv)
-    if args.serve:
-        drm_pipeline.serve(name="drm-scheduled", cron=args.cron, parameters={"params_path": args.params})
-    else:
-        try:
-            print(json.dumps(drm_pipeline(args.params), indent=2))
-        except DRMError as e:  # the task's failure is in Prefect's log; the fix, on one line
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+    try:
+        if args.serve:
+            serve(args.project, args.cron)
+        else:
+            print(json.dumps(drm_pipeline(args.project), indent=2, default=str))
+    except DRMError as e:  # the task's failure is in Prefect's log; the fix, on one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

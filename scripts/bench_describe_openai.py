@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from drm.describe.openai_config import OpenAIConfig  # noqa: E402
-from drm.describe.openai_provider import OpenAIProvider  # noqa: E402
+from drm.describe.config import OpenAIConfig  # noqa: E402
+from drm.describe.openai import OpenAIProvider  # noqa: E402
 
 
 class _Server:
@@ -74,18 +74,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = OpenAIConfig(base_url=server.url, model="bench",
                                cache_path=str(Path(tmp) / "c.sqlite"),
-                               concurrency=args.concurrency, max_retries=0, timeout=30,
-                               progress=False)
+                               concurrency=args.concurrency, max_retries=0, timeout=30)
             import openai  # noqa: F401  (import time is not request time)
 
             t0 = time.perf_counter()
-            res = OpenAIProvider(cfg, per_class=args.per_class).describe(names)
+            res = OpenAIProvider(cfg, per_class=args.per_class, progress=False).describe(names)
             first = time.perf_counter() - t0
             stats1 = server.stats()
             assert all(len(res.descriptions[n]) == args.per_class for n in names)
 
             t0 = time.perf_counter()
-            res2 = OpenAIProvider(cfg, per_class=args.per_class).describe(names)
+            res2 = OpenAIProvider(cfg, per_class=args.per_class, progress=False).describe(names)
             second = time.perf_counter() - t0
             stats2 = server.stats()
             assert res2.descriptions == res.descriptions
@@ -98,12 +97,12 @@ def main() -> None:
           f"latency {args.latency * 1000:.0f} ms")
     print(f"classes:             {args.classes} (per_class {args.per_class}), "
           f"concurrency {args.concurrency}")
-    print(f"first run requests:  {sent} (provenance: {res.provenance['requests']})")
+    print(f"first run requests:  {sent} (run stats: {res.stats['requests']})")
     print(f"first run wall:      {first:.2f} s")
     print(f"requests/s:          {sent / first:.1f} (ideal {ideal:.0f} at this latency)")
     print(f"server max in-flight: {stats1['max_in_flight']}")
     print(f"second run requests: {stats2['count'] - sent} "
-          f"(cache hits {res2.provenance['cache_hits']})")
+          f"(cache hits {res2.stats['cache_hits']})")
     print(f"second run wall:     {second:.2f} s")
 
 

@@ -33,13 +33,18 @@ def main():
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from drm.config import FinetuneConfig, MethodConfig, load_params
-    from drm.datasets import open_source
-    from drm.evaluate import evaluate_table
-    from drm.finetune import run_finetune
-    from drm.models import load_pretrained
-    from drm.steps import finetune_texts
-    from drm.zeroshot import load_heads
+    from pydantic import TypeAdapter
+
+    from drm.base.clip import load_pretrained
+    from drm.datasets.registry import open_source
+    from drm.describe import load_descriptions
+    from drm.evaluate.run import evaluate_table
+    from drm.finetune.config import FinetuneConfig
+    from drm.finetune.methods import MethodSpec, Setup
+    from drm.finetune.train import RunPaths, run_finetune
+    from drm.params import load_params
+    from drm.zeroshot.heads import ClassTexts
+    from drm.zeroshot.run import load_heads
 
     params = load_params(args.params)
     ft = FinetuneConfig(**{**params.finetune.model_dump(), **json.loads(args.finetune)})
@@ -49,20 +54,24 @@ def main():
     metas = {s: source.load(s).meta for s in val}
     heads = load_heads("data/zeroshot")
     model, train_tf, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained)
-    texts = finetune_texts(params, source)
+    texts = ClassTexts.build(classnames=source.classnames, templates=params.zeroshot.templates,
+                             descriptions=load_descriptions("data/descriptions.json", source.classnames))
+    setup = Setup(pretrained=model, heads=heads, texts=texts, tokenizer=tokenizer, source=source,
+                  train_split=next(s for s, r in source.splits.items() if r == "train"), eval_transform=eval_tf,
+                  runtime=params.runtime, progress=False)
     out = Path("sweeps") / args.name
-    from drm.evaluate import select_beta
+    from drm.evaluate.run import select_beta
 
     rows, betas = [], {}
     for spec in args.variant:
         name, cfg = spec.split("=", 1)
-        method = MethodConfig(**json.loads(cfg))
+        method = TypeAdapter(MethodSpec).validate_python(json.loads(cfg))
         tables = {}
         for seed in args.seeds:
             run_dir = out / f"{name}-s{seed}"
             if not (run_dir / "predictions.parquet").exists():
-                run_finetune(model, heads, source, (train_tf, eval_tf), name, method, ft, [0.5, 1.0],
-                             seed, "data/zeroshot", run_dir, progress=False, texts=texts, tokenizer=tokenizer)
+                run_finetune(name=name, method=method, seed=seed, setup=setup, train_transform=train_tf, cfg=ft,
+                             wise_alphas=[0.5, 1.0], zeroshot_dir=Path("data/zeroshot"), paths=RunPaths(run_dir))
             table = pq.read_table(run_dir / "predictions.parquet")
             tables[seed] = {a: table.filter(pa.array(table.column("alpha").to_numpy() == a)) for a in (0.5, 1.0)}
         if args.beta == "val":

@@ -1,19 +1,24 @@
-"""Stage `describe`: concept descriptions per class (params: describe) -> data/descriptions.json."""
-from drm import cli
+"""Stage `describe`: concept descriptions per class (params: describe) -> the descriptions file."""
+from pathlib import Path
+
+from drm.base import cli
 
 
-def main():
+def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--out", default="data/descriptions.json")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--tracked-dir", required=True, type=Path,
+                   help="the folder of description files DVC tracks for this stage")
     p.add_argument("--dry-run", action="store_true",
                    help="openai provider: print what would be requested, send nothing")
-    args = p.parse_args()
-    from drm import steps
+    args = p.parse_args(argv)
+    from drm.describe import stage
 
-    params, base = cli.load(args)
+    params, base, progress = cli.load(args, stage.Params)
     if args.dry_run:
-        return "describe (dry run)", steps.describe_plan(params, base)
-    return "describe", steps.describe(params, base, args.out, cli.progress_enabled(args))
+        return "describe (dry run)", stage.plan(params, base=base)
+    return "describe", stage.run(params, base=base, out=base / args.out, tracked_dir=base / args.tracked_dir,
+                                 progress=progress)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
 """Stage `diagnostics`: measure the embedded world's premises (reports/diagnostics.*)."""
-from drm import cli
+from pathlib import Path
+
+from drm.base import cli
 
 
-def main():
+def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--zeroshot", default="data/zeroshot")
-    p.add_argument("--out-json", default="reports/diagnostics.json")
-    p.add_argument("--out-md", default="reports/diagnostics.md")
-    args = p.parse_args()
-    from drm import steps
+    p.add_argument("--zeroshot", required=True, type=Path)
+    p.add_argument("--out-json", required=True, type=Path)
+    p.add_argument("--out-md", required=True, type=Path)
+    args = p.parse_args(argv)
+    from drm.diagnostics import stage
 
-    params, base = cli.load(args)
-    return "diagnostics", steps.diagnostics(params, base, args.zeroshot, args.out_json, args.out_md,
-                                            cli.progress_enabled(args))
+    params, base, progress = cli.load(args, stage.Params)
+    return "diagnostics", stage.run(params, base=base, zeroshot=base / args.zeroshot, out_json=base / args.out_json,
+                                    out_md=base / args.out_md, progress=progress)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
 """Stage `evaluate`: df/cd/dual metrics for zero-shot and every run -> metrics/."""
-from drm import cli
+from pathlib import Path
+
+from drm.base import cli
 
 
-def main():
+def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--zeroshot", default="data/zeroshot")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--out-csv", default="metrics/all.csv")
-    p.add_argument("--out-json", default="metrics/evaluate.json")
-    args = p.parse_args()
-    from drm import steps
+    p.add_argument("--zeroshot", required=True, type=Path)
+    p.add_argument("--runs", required=True, type=Path, help="the folder of run folders ({method}-s{seed})")
+    p.add_argument("--out-csv", required=True, type=Path)
+    p.add_argument("--out-json", required=True, type=Path)
+    args = p.parse_args(argv)
+    from drm.evaluate import stage
 
-    params, base = cli.load(args)
-    return "evaluate", steps.evaluate(params, base, args.zeroshot, args.runs, args.out_csv, args.out_json,
-                                      cli.progress_enabled(args))
+    params, base, progress = cli.load(args, stage.Params)
+    return "evaluate", stage.run(params, base=base, zeroshot=base / args.zeroshot, runs=base / args.runs,
+                                 out_csv=base / args.out_csv, out_json=base / args.out_json, progress=progress)
 
 
 if __name__ == "__main__":

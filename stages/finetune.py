@@ -1,21 +1,24 @@
 """Stage `finetune`: train one method with one seed; predict with each WiSE-FT alpha."""
-from drm import cli
+from pathlib import Path
+
+from drm.base import cli
 
 
-def main():
+def main(argv=None):
     p = cli.parser(__doc__)
     p.add_argument("--method", required=True, help="a name defined under `methods` in params.yaml")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--zeroshot", default="data/zeroshot")
-    p.add_argument("--out", default=None, help="default: runs/{method}-s{seed}")
-    p.add_argument("--descriptions", default="data/descriptions.json",
-                   help="concept descriptions (the text-tower methods, e.g. flyp, build their cd head from them)")
-    args = p.parse_args()
-    from drm import steps
+    p.add_argument("--zeroshot", required=True, type=Path)
+    p.add_argument("--descriptions", required=True, type=Path,
+                   help="concept descriptions (the text-tower methods build their cd head from them)")
+    p.add_argument("--out", required=True, type=Path, help="the run folder")
+    args = p.parse_args(argv)
+    from drm.finetune import stage
 
-    params, base = cli.load(args)
-    return "finetune", steps.finetune(params, args.method, args.seed, base, args.zeroshot, args.out,
-                                      cli.progress_enabled(args), args.descriptions)
+    params, base, progress = cli.load(args, stage.Params)
+    return "finetune", stage.run(params, base=base, method=args.method, seed=args.seed,
+                                 zeroshot=base / args.zeroshot, descriptions=base / args.descriptions,
+                                 out=base / args.out, progress=progress)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """Stage `pretrain`: contrastively pre-train the embedded CLIP on the world's caption corpus."""
-from drm import cli
+from pathlib import Path
+
+from drm.base import cli
 
 
-def main():
+def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--world", default="data/world")
-    p.add_argument("--out", default="models/pretrained")
-    args = p.parse_args()
-    from drm import steps
+    p.add_argument("--world", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="the model folder (open_clip local-dir)")
+    p.add_argument("--run-info", required=True, type=Path, help="JSON with the loss and the time")
+    p.add_argument("--live", required=True, type=Path, help="dvclive folder for the training curve")
+    args = p.parse_args(argv)
+    from drm.pretrain import stage
 
-    params, base = cli.load(args)
-    return "pretrain", steps.pretrain(params, base, args.world, args.out, progress=cli.progress_enabled(args))
+    params, base, progress = cli.load(args, stage.Params)
+    return "pretrain", stage.run(params, world=base / args.world, out=base / args.out,
+                                 run_info=base / args.run_info, live_dir=base / args.live, progress=progress)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
-"""Stage `report`: methods side by side (reports/report.md) and the ID-vs-OOD plot."""
-from drm import cli
+"""Stage `report`: methods side by side (markdown) and the ID-vs-OOD plot."""
+from pathlib import Path
+
+from drm.base import cli
 
 
-def main():
+def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--metrics", default="metrics/all.csv")
-    p.add_argument("--out", default="reports/report.md")
-    p.add_argument("--plot", default="reports/id_vs_ood.png")
-    p.add_argument("--diagnostics", default="reports/diagnostics.md", help="markdown to append, if present")
-    args = p.parse_args()
-    from drm import steps
+    p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--plot", required=True, type=Path)
+    p.add_argument("--diagnostics", type=Path, default=None, help="markdown to append, if present")
+    args = p.parse_args(argv)
+    from drm.report import stage
 
-    params, base = cli.load(args)
-    return "report", steps.report(params, base, args.metrics, args.out, args.plot, args.diagnostics)
+    params, base, _ = cli.load(args, stage.Params)
+    diagnostics = base / args.diagnostics if args.diagnostics else None
+    return "report", stage.run(params, metrics=base / args.metrics, out=base / args.out, plot=base / args.plot,
+                               diagnostics=diagnostics)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""Stage `world`: render the embedded synthetic world (params: world) into data/world/."""
-from drm import cli
+"""Stage `world`: render the embedded synthetic world (params: world) into one folder."""
+from pathlib import Path
+
+from drm.base import cli
 
 
-def main():
+def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--out", default="data/world")
-    args = p.parse_args()
-    from drm import steps
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    from drm.world import stage
 
-    params, base = cli.load(args)
-    return "world", steps.world(params, base, args.out, cli.progress_enabled(args))
+    params, base, progress = cli.load(args, stage.Params)
+    return "world", stage.run(params, out=base / args.out, progress=progress)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
 """Stage `zeroshot`: df/cd heads of the pre-trained model, logits for every split, core estimates."""
-from drm import cli
+from pathlib import Path
+
+from drm.base import cli
 
 
-def main():
+def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--descriptions", default="data/descriptions.json")
-    p.add_argument("--out", default="data/zeroshot")
-    args = p.parse_args()
-    from drm import steps
+    p.add_argument("--descriptions", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    from drm.zeroshot import stage
 
-    params, base = cli.load(args)
-    return "zeroshot", steps.zeroshot(params, base, args.descriptions, args.out, cli.progress_enabled(args))
+    params, base, progress = cli.load(args, stage.Params)
+    return "zeroshot", stage.run(params, base=base, descriptions=base / args.descriptions, out=base / args.out,
+                                 progress=progress)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,37 @@ def tiny_params():
     import copy
 
     return copy.deepcopy(TINY_PARAMS)
+
+
+def make_project(path, params: dict, code: bool = False):
+    """A project folder the pipeline runs in: dvc.yaml, the stage scripts, params.yaml (as
+    given) and an initialised DVC repo without git; with `code`, a copy of drm/ too (so the
+    code dependencies hash as in the repository). Returns its path."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "dvc.yaml", path / "dvc.yaml")
+    shutil.copytree(root / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"),
+                    dirs_exist_ok=True)
+    if code:
+        shutil.copytree(root / "drm", path / "drm", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not (path / ".dvc").exists():
+        dvc = Path(sys.executable).parent / "dvc"
+        subprocess.run([str(dvc), "init", "--no-scm", "-q"], cwd=path, check=True)
+    return path
+
+
+def run_stages(project, names):
+    """Run the named dvc.yaml stages in-process, in order, as the Prefect flow does."""
+    from pipeline.flow import load_stages, run_stage_script
+
+    stages = {s.name: s for s in load_stages(str(project))}
+    return [run_stage_script(str(project), stages[n]) for n in names]

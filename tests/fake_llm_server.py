@@ -15,7 +15,8 @@
 of HTTP statuses to return (one per request, in order) before answering normally;
 `always_status` fails every request; `status_fn(classname, body, index) -> int | None` picks a
 status per request (None or 200: answer normally); `hang` makes every request wait (until
-`stop`); `echo_auth` copies the Authorization header into error messages (a careless server).
+`stop`); `echo_auth` copies the Authorization header into error messages (a careless server);
+`error_text` is appended to every error message (e.g. terminal escapes: untrusted text).
 `max_in_flight` is the most requests the server was handling at once.
 """
 from __future__ import annotations
@@ -59,7 +60,8 @@ class FakeLLMServer:
                  content_fn: Callable[[str, int, dict, int], str] | None = None,
                  statuses: list[int] | None = None, always_status: int | None = None,
                  status_fn: Callable[[str, dict, int], int | None] | None = None,
-                 hang: bool = False, usage: bool = True, echo_auth: bool = False):
+                 hang: bool = False, usage: bool = True, echo_auth: bool = False,
+                 error_text: str = ""):
         if style not in ("json_schema", "json_object", "text_only", "fenced", "bullets"):
             raise ValueError(f"unknown style {style!r}")
         self.style = style
@@ -71,6 +73,7 @@ class FakeLLMServer:
         self.usage = usage
         self.status_fn = status_fn
         self.echo_auth = echo_auth
+        self.error_text = error_text
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -184,8 +187,10 @@ class FakeLLMServer:
             if planned is None and self.status_fn is not None and body is not None:
                 planned = self.status_fn(classname_of(body), body, index)
             status, payload = self._answer(path, body, planned, index)
-            if status >= 400 and self.echo_auth and isinstance(payload, dict):
-                payload["error"]["message"] += f" (you sent {headers.get('authorization')})"
+            if status >= 400 and isinstance(payload, dict):
+                if self.echo_auth:
+                    payload["error"]["message"] += f" (you sent {headers.get('authorization')})"
+                payload["error"]["message"] += self.error_text
             record["status"] = status
             return status, payload
         finally:

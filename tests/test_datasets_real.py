@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from drm.datasets.folder import ImageFolderSource
-from drm.errors import ConfigError, DRMError
+from drm.base.errors import ConfigError, DRMError
 
 TF = transforms.Compose([transforms.Resize((8, 8)), transforms.ToTensor()])
 

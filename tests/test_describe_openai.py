@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -20,12 +21,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_llm_server import FakeLLMServer  # noqa: E402
 
+from drm.base.errors import DescriptionsError  # noqa: E402
 from drm.describe import DescribeContext, load_descriptions, run_describe  # noqa: E402
 from drm.describe.cache import RequestCache, request_key  # noqa: E402
-from drm.describe.openai_config import OpenAIConfig, format_prompt  # noqa: E402
-from drm.describe.openai_provider import (  # noqa: E402
-    PLACEHOLDER_KEY, OpenAIProvider, parse_answer, safe_url)
-from drm.errors import DescriptionsError  # noqa: E402
+from drm.describe.config import DescribeConfig, OpenAIConfig, format_prompt  # noqa: E402
+from drm.describe.openai import OpenAIProvider  # noqa: E402
+from drm.describe.openai.client import PLACEHOLDER_KEY, safe_url  # noqa: E402
+from drm.describe.openai.parse import parse_answer  # noqa: E402
+from drm.describe.openai.results import Provenance, RunStats  # noqa: E402
 
 CLASSES = ["cat", "red fox", "oak tree", "fire truck"]
 SECRET = "sk-test-DRM-leakcheck-7f3a9c1e5b2d4f60a8e1"
@@ -54,13 +57,22 @@ def serve():
 def make_cfg(srv, tmp_path, **kw) -> OpenAIConfig:
     base = dict(base_url=srv.url if srv is not None else None, model="fake-model",
                 cache_path=str(tmp_path / "cache" / "describe.sqlite"), timeout=3.0,
-                max_retries=0, concurrency=4, progress=False)
+                max_retries=0, concurrency=4)
     base.update(kw)
     return OpenAIConfig(**base)
 
 
-def provider(srv, tmp_path, per_class=3, **kw) -> OpenAIProvider:
-    return OpenAIProvider(make_cfg(srv, tmp_path, **kw), per_class=per_class, base_dir=tmp_path)
+def provider(srv, tmp_path, per_class=3, progress=False, **kw) -> OpenAIProvider:
+    return OpenAIProvider(make_cfg(srv, tmp_path, **kw), per_class=per_class, base_dir=tmp_path,
+                          progress=progress)
+
+
+def context(names, tmp_path) -> DescribeContext:
+    return DescribeContext(classnames=names, base_dir=tmp_path, progress=False)
+
+
+def is_plain(text: str) -> bool:
+    return all(ch.isprintable() or ch == "\n" for ch in text)
 
 
 def expected(name, n=3):
@@ -92,11 +104,14 @@ def test_happy_path_json_schema(serve, tmp_path):
     assert prov["base_url"] == srv.url
     assert len(prov["prompt_sha256"]) == 64
     assert prov["output_mode"] == "auto" and prov["output_mode_used"] == "json_schema"
-    assert prov["per_class"] == 3
-    assert prov["requests"] == len(CLASSES) and prov["cache_hits"] == 0
-    assert prov["tokens"]["prompt"] > 0 and prov["tokens"]["completion"] > 0
-    assert prov["shortfalls"] == {} and prov["failures"] == {}
-    assert prov["counts"] == {c: 3 for c in CLASSES}
+    assert prov["per_class"] == 3 and prov["shortfalls"] == {}
+    stats = res.stats
+    assert stats["requests"] == len(CLASSES) and stats["cache_hits"] == 0
+    assert stats["tokens"]["prompt"] > 0 and stats["tokens"]["completion"] > 0
+    assert stats["failures"] == {} and res.rejected == {}
+    # what a run did never lands in the provenance (the descriptions file)
+    assert not set(prov) & set(RunStats.__dataclass_fields__)
+    assert set(prov) == set(Provenance.__dataclass_fields__)
 
 
 @pytest.mark.parametrize("style,mode,probes", [
@@ -113,7 +128,7 @@ def test_server_styles(serve, tmp_path, style, mode, probes):
     # the working mode is found once per provider, not once per class
     assert srv.count == len(CLASSES) + probes
     assert res.provenance["output_mode_used"] == mode
-    assert res.provenance["requests"] == srv.count
+    assert res.stats["requests"] == srv.count
     srv.reset()
     res2 = p.describe(CLASSES + ["owl"])  # the same provider remembers the working mode
     assert srv.count == 1 and srv.classes_requested() == ["owl"]
@@ -135,6 +150,31 @@ def test_explicit_mode_uses_only_that_mode(serve, tmp_path):
     assert res.provenance["output_mode_used"] == "text"
 
 
+def test_output_mode_is_settled_before_the_pool_starts(serve, tmp_path):
+    """auto: the first class's request goes alone (json_schema refused, json_object accepted);
+    only then do the workers start, every one in json_object."""
+    srv = serve(style="json_object", latency=0.02)
+    names = [f"class {i}" for i in range(12)]
+    res = provider(srv, tmp_path, concurrency=6).describe(names)
+    assert res.descriptions == {n: expected(n) for n in names}
+    formats = [r["body"]["response_format"]["type"] for r in srv.requests]
+    assert formats == ["json_schema"] + ["json_object"] * len(names)
+    assert srv.classes_requested()[:2] == ["class 0", "class 0"]
+    assert srv.max_in_flight > 1  # the rest did run in parallel
+
+
+def test_a_probe_that_fails_otherwise_moves_on_to_the_next_class(serve, tmp_path):
+    """A server error on the first class says nothing about the output mode: the next class
+    probes, and the failure is reported for the first."""
+    srv = serve(style="json_object", status_fn=lambda name, body, i: 500 if name == "cat" else None)
+    with pytest.raises(DescriptionsError) as ei:
+        provider(srv, tmp_path, concurrency=4).describe(CLASSES)
+    assert set(ei.value.failures) == {"cat"} and "HTTP 500" in str(ei.value)
+    formats = [r["body"]["response_format"]["type"] for r in srv.requests]
+    assert formats[:3] == ["json_schema", "json_schema", "json_object"]  # cat, then red fox
+    assert formats[3:] == ["json_object"] * (len(CLASSES) - 2)
+
+
 # ------------------------------------------------------------------------------------------
 # HTTP failures: the client's own retries, then a clear error
 # ------------------------------------------------------------------------------------------
@@ -143,7 +183,7 @@ def test_429_then_success(serve, tmp_path):
     res = provider(srv, tmp_path, max_retries=2, concurrency=1).describe(["cat"])
     assert res.descriptions["cat"] == expected("cat")
     assert [r["status"] for r in srv.requests] == [429, 200]
-    assert res.provenance["requests"] == 2 and res.provenance["failures"] == {}
+    assert res.stats["requests"] == 2 and res.stats["failures"] == {}
 
 
 def test_500_on_every_try_names_class_and_keeps_received_answers(serve, tmp_path):
@@ -205,7 +245,7 @@ def test_unreachable_server(tmp_path):
         port = s.getsockname()[1]
     cfg = make_cfg(None, tmp_path, base_url=f"http://127.0.0.1:{port}/v1", timeout=1.0)
     with pytest.raises(DescriptionsError) as ei:
-        OpenAIProvider(cfg, per_class=2, base_dir=tmp_path).describe(["cat"])
+        OpenAIProvider(cfg, per_class=2, base_dir=tmp_path, progress=False).describe(["cat"])
     assert "'cat'" in str(ei.value) and "cannot connect" in str(ei.value)
 
 
@@ -219,6 +259,9 @@ def test_unreachable_server(tmp_path):
     ('{"descriptions": [1, 2, {"x": 3}]}', "JSON list without strings"),
     ("```json\n```", "empty code block"),
     ('{"descriptions": ["   ", "\\u0000\\u0001"]}', "no usable descriptions"),
+    ('{"descriptions": ["<script>alert(1)</script>", "aaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}',
+     "every description was rejected: '<script>alert(1)</script>' (markup tag), 'aaaa"),
+    ('{"\\u001b[2J": 1}', "keys: '\\x1b[2J'"),
     (b"this is not a chat completion", "not a chat completion"),
 ])
 def test_bad_answers_fail_after_bounded_attempts(serve, tmp_path, content, problem):
@@ -231,7 +274,8 @@ def test_bad_answers_fail_after_bounded_attempts(serve, tmp_path, content, probl
     assert problem in msg
     assert srv.count == 6  # 3 attempts per class, then give up
     assert set(ei.value.failures) == {"cat", "dog"}
-    assert ei.value.provenance["failures"].keys() == {"cat", "dog"}
+    assert ei.value.stats["failures"].keys() == {"cat", "dog"}
+    assert is_plain(msg)
     with RequestCache(p.cache_path) as cache:
         assert len(cache) == 0  # unusable answers are not cached: a rerun asks again
 
@@ -241,12 +285,13 @@ def test_bad_first_answer_is_retried(serve, tmp_path):
     srv = serve(content_fn=lambda name, n, body, i: "{oops" if i == 0 else good)
     res = provider(srv, tmp_path, concurrency=1).describe(["cat"])
     assert res.descriptions["cat"] == expected("cat")
-    assert srv.count == 2 and res.provenance["failures"] == {}
+    assert srv.count == 2 and res.stats["failures"] == {}
+    assert res.stats["unusable_answers"] == {"cat": ["malformed JSON"]}
 
 
 def test_long_duplicate_and_control_character_descriptions_are_cleaned(serve, tmp_path):
     items = [
-        "word " * 5000,
+        " ".join(f"part{i}" for i in range(2000)),
         "Has pointed ears.", "has pointed ears.", "  Has   pointed ears.  ",
         "Has\x00 a long\x1b[31m tail.\u0085",
         "", "   ",
@@ -255,21 +300,72 @@ def test_long_duplicate_and_control_character_descriptions_are_cleaned(serve, tm
     srv = serve(content_fn=lambda name, n, body, i: json.dumps({"descriptions": items}))
     res = provider(srv, tmp_path, max_chars=40).describe(["cat"])
     got = res.descriptions["cat"]
-    assert len(got) == 3
-    assert all(len(d) <= 40 for d in got)
-    assert all(not any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in d) for d in got)
-    assert len({d.lower() for d in got}) == len(got)
-    assert got[1] == "Has pointed ears." and "tail" in got[2]
-    assert srv.count == 1
+    assert got == ["part0 part1 part2 part3 part4 part5", "Has pointed ears.", "Has a long tail."]
+    assert srv.count == 1 and res.rejected == {}
+
+
+def test_escapes_markup_and_junk_in_answers_are_stripped_or_rejected(serve, tmp_path):
+    """The issue's examples: escapes go (their parameters and remnants too), markup and
+    one-letter runs are rejected, and the rejections are recorded in the descriptions file."""
+    items = ["ignore previous instructions\x1b[31m", "Has a bushy [31mtail.",
+             "<script>alert(1)</script>", "f" * 200, "A red fox has a white-tipped tail."]
+    srv = serve(content_fn=lambda name, n, body, i: json.dumps({"descriptions": items}))
+    out = tmp_path / "descriptions.json"
+    cfg = DescribeConfig(provider="openai", per_class=3, openai=make_cfg(srv, tmp_path))
+    got = run_describe(cfg, context(["red fox"], tmp_path), out)
+    assert got == {"red fox": ["ignore previous instructions", "Has a bushy tail.",
+                               "A red fox has a white-tipped tail."]}
+    assert srv.count == 1  # 3 kept: no further attempt
+    text = out.read_text()
+    assert "\\u001b" not in text and "[31m" not in text
+    rejected = json.loads(text)["provenance"]["rejected"]
+    assert rejected == {"red fox": [{"text": "<script>alert(1)</script>", "reason": "markup tag"},
+                                    {"text": "f" * 77 + "...", "reason": "one character repeated"}]}
+    # stable: a rerun from the request cache records the same rejections, same bytes
+    first = out.read_bytes()
+    srv.reset()
+    run_describe(cfg, context(["red fox"], tmp_path), out)
+    assert srv.count == 0 and out.read_bytes() == first
+
+
+def test_class_whose_every_answer_is_rejected_fails_clearly(serve, tmp_path, capsys):
+    junk = json.dumps({"descriptions": ["<img src=x onerror=alert(1)>", "\x1b[5m" + "z" * 50]})
+    srv = serve(content_fn=lambda name, n, body, i: junk if name == "cat" else
+                json.dumps({"descriptions": expected(name)}))
+    cfg = DescribeConfig(provider="openai", per_class=3,
+                         openai=make_cfg(srv, tmp_path, max_attempts=2))
+    out = tmp_path / "descriptions.json"
+    with pytest.raises(DescriptionsError) as ei:
+        run_describe(cfg, context(["cat", "red fox"], tmp_path), out)
+    msg = str(ei.value)
+    assert "'cat'" in msg and "no valid descriptions after 2 attempt(s)" in msg
+    assert "every description was rejected" in msg and "markup tag" in msg
+    assert "one character repeated" in msg and "describe.overrides" in msg
+    assert "'red fox'" not in msg and is_plain(msg) and "\x1b" not in msg
+    assert not out.exists()  # no silently incomplete file
+    assert is_plain(capsys.readouterr().err.replace("\r", ""))
+
+
+def test_server_error_text_is_shown_as_plain_text(serve, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    nasty = " \x1b[2J\x1b]0;pwned\x07\u202e"
+    srv = serve(style="json_object", error_text=nasty,
+                status_fn=lambda name, body, i: 500 if name == "dog" else None)
+    with pytest.raises(DescriptionsError) as ei:
+        provider(srv, tmp_path, concurrency=1).describe(["cat", "dog"])
+    msg = str(ei.value)
+    assert "HTTP 500" in msg and "\\x1b[2J" in msg and is_plain(msg)
+    warning = next(r.getMessage() for r in caplog.records if "rejected output mode" in r.getMessage())
+    assert "\\x1b[2J" in warning and is_plain(warning)
 
 
 def test_shortfall_repeats_bounded_and_is_recorded(serve, tmp_path):
     # one (the same) description per answer: 3 attempts, still 1 -> shortfall of 2
-    same = serve(content_fn=lambda name, n, body, i: json.dumps({"descriptions": ["Round."]}))
+    same = serve(content_fn=lambda name, n, body, i: json.dumps({"descriptions": ["It is round."]}))
     res = provider(same, tmp_path, max_attempts=3).describe(["ball"])
-    assert res.descriptions["ball"] == ["Round."]
+    assert res.descriptions["ball"] == ["It is round."]
     assert same.count == 3
-    assert res.provenance["shortfalls"] == {"ball": 2} and res.provenance["failures"] == {}
+    assert res.provenance["shortfalls"] == {"ball": 2} and res.stats["failures"] == {}
     # a different description per answer: repeats fill the quota
     varied = serve(content_fn=lambda name, n, body, i: f"- Trait {i}.")
     res = provider(varied, tmp_path / "v", max_attempts=3, concurrency=1).describe(["ball"])
@@ -310,10 +406,11 @@ def test_second_run_sends_nothing_and_a_new_class_only_its_request(serve, tmp_pa
     second = provider(srv, tmp_path).describe(CLASSES)
     assert srv.count == 0
     assert second.descriptions == first.descriptions
-    assert second.provenance["requests"] == 0 and second.provenance["cache_hits"] == len(CLASSES)
+    assert second.stats["requests"] == 0 and second.stats["cache_hits"] == len(CLASSES)
+    assert second.provenance == first.provenance
     third = provider(srv, tmp_path).describe(CLASSES + ["owl"])
     assert srv.count == 1 and srv.classes_requested() == ["owl"]
-    assert third.provenance["cache_hits"] == len(CLASSES)
+    assert third.stats["cache_hits"] == len(CLASSES)
 
 
 def test_cache_key_covers_what_shapes_an_answer(serve, tmp_path):
@@ -364,12 +461,12 @@ def test_killed_run_resumes_from_the_cache(serve, tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-        from drm.describe.openai_config import OpenAIConfig
-        from drm.describe.openai_provider import OpenAIProvider
+        from drm.describe.config import OpenAIConfig
+        from drm.describe.openai import OpenAIProvider
         cfg = OpenAIConfig(base_url={srv.url!r}, model="fake-model",
                            cache_path={str(tmp_path / 'c.sqlite')!r},
-                           concurrency=2, progress=False, max_retries=0)
-        OpenAIProvider(cfg, per_class=3).describe({names!r})
+                           concurrency=2, max_retries=0)
+        OpenAIProvider(cfg, per_class=3, progress=False).describe({names!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -386,7 +483,8 @@ def test_killed_run_resumes_from_the_cache(serve, tmp_path):
         committed = len(cache)
     assert committed >= sent_before - 2  # at most the in-flight answers are lost
     srv.reset()
-    p = OpenAIProvider(make_cfg(srv, tmp_path, cache_path=str(tmp_path / "c.sqlite")), per_class=3)
+    p = OpenAIProvider(make_cfg(srv, tmp_path, cache_path=str(tmp_path / "c.sqlite")), per_class=3,
+                       progress=False)
     res = p.describe(names)
     assert srv.count == len(names) - committed
     assert res.descriptions == {n: expected(n) for n in names}
@@ -403,17 +501,17 @@ def test_concurrency_is_bounded(serve, tmp_path):
     assert took < 24 * 0.05  # faster than one at a time
 
 
-def test_progress_bar_and_summary_on_stderr(serve, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("DRM_NO_PROGRESS", raising=False)
+def test_progress_bar_follows_the_context_and_summary_on_stderr(serve, tmp_path, capsys):
     srv = serve()
-    provider(srv, tmp_path, progress=True).describe(CLASSES)
+    cfg = DescribeConfig(provider="openai", per_class=3, openai=make_cfg(srv, tmp_path))
+    on = DescribeContext(classnames=CLASSES, base_dir=tmp_path, progress=True)
+    OpenAIProvider.from_config(cfg, on).describe(CLASSES)
     err = capsys.readouterr().err
     assert "4/4" in err  # the tqdm bar
-    monkeypatch.setenv("DRM_NO_PROGRESS", "1")  # the project-wide switch turns it off
-    provider(srv, tmp_path / "b", progress=True).describe(CLASSES)
+    OpenAIProvider.from_config(cfg, context(CLASSES, tmp_path / "b")).describe(["owl"])
     err = capsys.readouterr().err
-    assert "4/4" not in err
-    assert "4 request(s) sent, 0 cache hit(s)" in err and "0 failure(s)" in err
+    assert "1/1" not in err
+    assert "1 request(s) sent, 0 cache hit(s)" in err and "0 failure(s)" in err
 
 
 # ------------------------------------------------------------------------------------------
@@ -421,7 +519,7 @@ def test_progress_bar_and_summary_on_stderr(serve, tmp_path, capsys, monkeypatch
 # ------------------------------------------------------------------------------------------
 def test_missing_key_for_openai_is_an_actionable_error(tmp_path):
     cfg = make_cfg(None, tmp_path, api_key_env="DRM_TEST_KEY")
-    p = OpenAIProvider(cfg, per_class=2, base_dir=tmp_path)
+    p = OpenAIProvider(cfg, per_class=2, base_dir=tmp_path, progress=False)
     with pytest.raises(DescriptionsError) as ei:
         p.describe(["cat"])
     assert "DRM_TEST_KEY" in str(ei.value) and "export" in str(ei.value)
@@ -430,13 +528,14 @@ def test_missing_key_for_openai_is_an_actionable_error(tmp_path):
 
 def test_rerun_from_the_cache_needs_no_key(tmp_path):
     # the OpenAI API (base_url null), no key: fine as long as the cache answers everything
-    p = OpenAIProvider(make_cfg(None, tmp_path), per_class=3, base_dir=tmp_path)
+    p = OpenAIProvider(make_cfg(None, tmp_path), per_class=3, base_dir=tmp_path, progress=False)
     answer = json.dumps({"descriptions": expected("cat")})
     with RequestCache(p.cache_path) as cache:  # as a committed cache from an earlier run
-        cache.put(p._key("cat", p._prompt("cat"), 0, "json_schema"), answer, provider="openai",
-                  model="fake-model", classname="cat", attempt=0, mode="json_schema")
+        cache.put(p.requests.cache_key("cat", attempt=0, mode="json_schema"), answer,
+                  provider="openai", model="fake-model", classname="cat", attempt=0,
+                  mode="json_schema")
     res = p.describe(["cat"])
-    assert res.descriptions == {"cat": expected("cat")} and res.provenance["requests"] == 0
+    assert res.descriptions == {"cat": expected("cat")} and res.stats["requests"] == 0
     assert res.provenance["base_url"] is None
     with pytest.raises(DescriptionsError, match="OPENAI_API_KEY is not set"):
         p.describe(["cat", "dog"])  # a request is needed, so is the key
@@ -455,20 +554,18 @@ def test_api_key_never_leaks(serve, tmp_path, monkeypatch, caplog, capsys):
                 status_fn=lambda name, body, i: 500 if name == "dog" else None)
     names = ["cat", "red fox"]
     cfg = make_cfg(srv, tmp_path, max_retries=1)
-    from drm.config import DescribeConfig
-
     dcfg = DescribeConfig(provider="openai", per_class=3, openai=cfg)
     out = tmp_path / "descriptions.json"
-    ctx = DescribeContext(classnames=names, base_dir=tmp_path)
+    ctx = context(names, tmp_path)
     run_describe(dcfg, ctx, out)
     # the key was really used, and the fallback error (which echoed it) was logged
     assert srv.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
     assert any("rejected output mode json_schema" in r.getMessage() for r in caplog.records)
     # a failing run: the server echoes the key in its 500 error body
     with pytest.raises(DescriptionsError) as ei:
-        run_describe(dcfg, DescribeContext(classnames=names + ["dog"], base_dir=tmp_path), out)
+        run_describe(dcfg, context(names + ["dog"], tmp_path), out)
     assert "HTTP 500" in str(ei.value) and "<redacted>" in str(ei.value)
-    assert SECRET not in str(ei.value) and SECRET not in repr(ei.value.provenance)
+    assert SECRET not in str(ei.value) and SECRET not in repr(ei.value.stats)
     p = OpenAIProvider.from_config(dcfg, ctx)
     assert SECRET not in repr(p) and SECRET not in p.dry_run(names)
     # nowhere on disk
@@ -519,7 +616,7 @@ def test_dry_run_sends_nothing_and_counts_requests(serve, tmp_path):
 
 
 def test_dry_run_reports_a_missing_key_without_failing(tmp_path):
-    p = OpenAIProvider(make_cfg(None, tmp_path), per_class=2, base_dir=tmp_path)
+    p = OpenAIProvider(make_cfg(None, tmp_path), per_class=2, base_dir=tmp_path, progress=False)
     text = p.dry_run(["cat"])
     assert "$OPENAI_API_KEY is NOT set" in text and "api.openai.com" in text
 
@@ -528,14 +625,12 @@ def test_dry_run_reports_a_missing_key_without_failing(tmp_path):
 # the describe stage
 # ------------------------------------------------------------------------------------------
 def test_run_describe_end_to_end(serve, tmp_path):
-    from drm.config import DescribeConfig
-
     srv = serve()
     cfg = DescribeConfig(provider="openai", per_class=3, openai=OpenAIConfig(
         base_url=srv.url, model="fake-model", cache_path="cache/describe.sqlite",
-        progress=False, max_retries=0, timeout=3))
+        max_retries=0, timeout=3))
     out = tmp_path / "descriptions.json"
-    ctx = DescribeContext(classnames=CLASSES, base_dir=tmp_path)
+    ctx = context(CLASSES, tmp_path)
     got = run_describe(cfg, ctx, out)
     assert got == {c: expected(c) for c in CLASSES}
     assert (tmp_path / "cache" / "describe.sqlite").exists()  # relative to base_dir
@@ -551,15 +646,39 @@ def test_run_describe_end_to_end(serve, tmp_path):
     assert srv.count == 0
 
 
-def test_overridden_classes_are_not_requested(serve, tmp_path):
-    from drm.config import DescribeConfig
+def test_rerun_from_the_request_cache_leaves_the_descriptions_file_untouched(serve, tmp_path):
+    """Issue "Reproduction": a rerun answered wholly from the request cache gives the same
+    descriptions, so data/descriptions.json keeps its bytes and its mtime; what the run did
+    (0 requests, all cache hits) is in the sidecar only."""
+    srv = serve(style="json_object")  # a mode fallback too: answers_by_mode must be stable
+    cfg = DescribeConfig(provider="openai", per_class=3, openai=make_cfg(srv, tmp_path))
+    out = tmp_path / "descriptions.json"
+    sidecar = tmp_path / "descriptions.run.json"
+    run_describe(cfg, context(CLASSES, tmp_path), out)
+    first = json.loads(sidecar.read_text())
+    assert first["requests"] == len(CLASSES) + 1 and first["cache_hits"] == 0
+    assert first["descriptions_file"] == "written"
+    before = out.read_bytes()
+    os.utime(out, ns=(1_000_000_000, 1_000_000_000))  # an old mtime: any rewrite would show
+    srv.reset()
+    run_describe(cfg, context(CLASSES, tmp_path), out)  # a new provider, as a new process
+    assert srv.count == 0
+    assert out.read_bytes() == before and out.stat().st_mtime_ns == 1_000_000_000
+    second = json.loads(sidecar.read_text())
+    assert second["requests"] == 0 and second["calls"] == 0
+    assert second["cache_hits"] == len(CLASSES) and second["descriptions_file"] == "unchanged"
+    assert second["provider"] == "openai" and "finished" in second
+    prov = json.loads(before)["provenance"]
+    assert not set(prov) & set(RunStats.__dataclass_fields__)
+    assert prov["output_mode_used"] == "json_object" and prov["counts"] == {c: 3 for c in CLASSES}
 
+
+def test_overridden_classes_are_not_requested(serve, tmp_path):
     srv = serve()
     (tmp_path / "over.json").write_text(json.dumps({"cat": ["A small feline."]}))
     cfg = DescribeConfig(provider="openai", per_class=3, overrides="over.json",
                          openai=make_cfg(srv, tmp_path))
-    got = run_describe(cfg, DescribeContext(classnames=CLASSES, base_dir=tmp_path),
-                       tmp_path / "d.json")
+    got = run_describe(cfg, context(CLASSES, tmp_path), tmp_path / "d.json")
     assert "cat" not in srv.classes_requested() and srv.count == len(CLASSES) - 1
     assert got["cat"] == ["A small feline."]
 
@@ -571,5 +690,9 @@ def test_config_validation():
         OpenAIConfig(prompt="Describe a {classname} as JSON: {\"descriptions\": []}")
     with pytest.raises(ValueError):
         OpenAIConfig(api_key="sk-...")  # the key is never a parameter
+    with pytest.raises(ValueError):
+        OpenAIConfig(max_chars=301)  # over the cap the stage applies to every description
+    with pytest.raises(ValueError):
+        OpenAIConfig(progress=False)  # a runtime setting: DescribeContext.progress
     assert format_prompt("{n} {classname}{domain}", 2, "cat", None) == "2 cat"
     assert format_prompt("{n} {classname}{domain}", 2, "cat", "Hint.") == "2 cat Hint."

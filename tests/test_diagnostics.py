@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from drm.config import WorldConfig
-from drm.diagnostics import (core_information, linear_probe, problem_exists, swap_pairs, swap_sensitivity,
-                             transfer_probe)
+from drm.world.config import WorldConfig
+from drm.diagnostics.probes import core_information, linear_probe, swap_pairs, swap_sensitivity, transfer_probe
+from drm.diagnostics.problem import problem_exists
 
 
 def test_swap_pairs_change_only_what_they_say():

@@ -7,40 +7,49 @@ import pytest
 import torch
 import yaml
 
-from drm.errors import DRMError, MissingArtifactError
+from drm.base.errors import DRMError, MissingArtifactError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def stage(name, *args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *args],
+def stage(name, *args, cwd, params=None):
+    """Run a stage script as dvc.yaml's command does (its paths), plus `args`, in a project."""
+    from pipeline.flow import load_stages
+    from tests.conftest import make_project
+
+    make_project(cwd, params if params is not None else yaml.safe_load((ROOT / "params.yaml").read_text()))
+    spec = next(s for s in load_stages(str(cwd)) if s.name == name)
+    argv = list(spec.argv)
+    for flag, value in zip(args[::2], args[1::2]):  # replace or add --flag value
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return subprocess.run([sys.executable, str(ROOT / spec.script), *argv],
                           cwd=cwd, capture_output=True, text=True)
 
 
 def test_missing_upstream_artifact_names_the_stage(tmp_path):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     r = stage("zeroshot", cwd=tmp_path)
     assert r.returncode == 2
     assert "run the 'world' stage first" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_method_on_the_command_line(tmp_path):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    r = stage("finetune", "--method", "sgd", "--seed", "0", cwd=tmp_path)
+    r = stage("finetune@erm-0", "--method", "sgd", cwd=tmp_path)
     assert r.returncode == 2 and "unknown method 'sgd'" in r.stderr
 
 
 def test_invalid_params_fail_before_any_work(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["evaluate"]["beta"] = 2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    r = stage("evaluate", cwd=tmp_path)
+    r = stage("evaluate", cwd=tmp_path, params=params)
     assert r.returncode == 2 and "evaluate.beta" in r.stderr
 
 
 def test_model_folder_without_weights_refuses_random_init(tmp_path):
-    from drm.models import build_clip, load_pretrained, save_model_folder
-    from drm.config import PretrainConfig
+    from drm.base.clip import build_clip, load_pretrained, save_model_folder
+    from drm.pretrain.config import PretrainConfig
 
     arch = PretrainConfig().arch
     torch.manual_seed(0)
@@ -62,8 +71,8 @@ def test_model_folder_without_weights_refuses_random_init(tmp_path):
 
 
 def test_evaluate_names_missing_run(tmp_path):
-    from drm.config import EvaluateConfig
-    from drm.evaluate import run_evaluate
+    from drm.evaluate.config import EvaluateConfig
+    from drm.evaluate.run import run_evaluate
 
     class Src:
         splits = {"train": "train"}
@@ -81,11 +90,11 @@ def test_evaluate_names_missing_run(tmp_path):
 def test_evaluate_refuses_predictions_that_do_not_match_the_data(tmp_path):
     import pandas as pd
 
-    from drm.config import EvaluateConfig
-    from drm.evaluate import evaluate_table
-    from drm.inference import logits_table
+    from drm.evaluate.config import EvaluateConfig
+    from drm.evaluate.run import evaluate_table
+    from drm.base.tables import logits_table
 
-    from drm.datasets import DataSource
+    from drm.datasets.base import DataSource
 
     def Src():
         return DataSource(root=tmp_path, splits={"id_val": "id"})
@@ -107,9 +116,9 @@ def test_evaluate_refuses_predictions_that_do_not_match_the_data(tmp_path):
 def test_report_names_missing_split(tmp_path):
     import pandas as pd
 
-    from drm.config import ReportConfig
-    from drm.errors import ConfigError
-    from drm.report import run_report
+    from drm.report.config import ReportConfig
+    from drm.base.errors import ConfigError
+    from drm.report.run import run_report
 
     pd.DataFrame([{"method": "zeroshot", "seed": -1, "alpha": 0.0, "split": "id_val", "head": "dual",
                    "accuracy": 0.9}]).to_csv(tmp_path / "m.csv", index=False)
@@ -119,19 +128,17 @@ def test_report_names_missing_split(tmp_path):
 
 def test_params_that_do_not_fit_the_data_fail_before_training(tmp_path):
     """group_by / select_splits / report splits naming what the data lacks stop the zeroshot
-    and finetune stages at once, not the evaluate stage after every run has trained."""
+    stage (the first that reads the data with a model) at once, not the evaluate stage after
+    every run has trained."""
     from tests.conftest import tiny_params_dict
 
     params = tiny_params_dict()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert stage("world", "--out", "data/world", cwd=tmp_path).returncode == 0
+    assert stage("world", cwd=tmp_path, params=params).returncode == 0
     params["evaluate"]["group_by"] = ["location"]
     params["report"]["ood_split"] = "test"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    for name, args in (("zeroshot", ()), ("finetune", ("--method", "erm", "--seed", "0"))):
-        r = stage(name, *args, cwd=tmp_path)
-        assert r.returncode == 2, r.stderr
-        assert "evaluate.group_by names ['location']" in r.stderr and "clarity" in r.stderr
-        assert "report.id_split/ood_split name ['test']" in r.stderr
-        assert "Traceback" not in r.stderr
-    assert not (tmp_path / "runs").exists()
+    r = stage("zeroshot", cwd=tmp_path, params=params)
+    assert r.returncode == 2, r.stderr
+    assert "evaluate.group_by names ['location']" in r.stderr and "clarity" in r.stderr
+    assert "report.id_split/ood_split name ['test']" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "data" / "zeroshot").exists()

@@ -1,5 +1,5 @@
-"""The Prefect flow runs the same stages in one process, caches across runs, and reruns only
-what a params change affects."""
+"""The Prefect flow runs dvc.yaml's stages in one process, caches across runs on what DVC
+compares (cmd, params, dependency content), and reruns only what a change affects."""
 import atexit
 import json
 import os
@@ -30,28 +30,30 @@ def harness():
         yield
 
 
-def test_flow_runs_caches_and_reruns_only_affected(harness, tmp_path):
+def test_flow_follows_dvc_yaml_caches_and_reruns_only_affected(harness, tmp_path):
     from pipeline.flow import drm_pipeline
-    from tests.conftest import tiny_params_dict
+    from tests.conftest import make_project, tiny_params_dict
 
     params = tiny_params_dict()
     params["finetune"]["methods"] = ["drm"]
-    pfile = tmp_path / "params.yaml"
-    pfile.write_text(yaml.safe_dump(params))
-    out = drm_pipeline(str(pfile))
-    assert (tmp_path / out["report"]).exists()
-    weights = tmp_path / "models/pretrained/open_clip_model.safetensors"
-    run_model = tmp_path / "runs/drm-s0/model.safetensors"
-    metrics = tmp_path / "metrics/evaluate.json"
-    report = tmp_path / "reports/report.md"
+    proj = make_project(tmp_path / "proj", params, code=True)
+    (proj / "descriptions").mkdir()
+    out = drm_pipeline(str(proj))
+    assert set(out) == {"world", "pretrain", "describe", "zeroshot", "finetune@drm-0", "evaluate",
+                        "diagnostics", "report"}  # the stages of dvc.yaml, resolved by DVC
+    weights = proj / "models/pretrained/open_clip_model.safetensors"
+    run_model = proj / "runs/drm-s0/model.safetensors"
+    metrics = proj / "metrics/evaluate.json"
+    report = proj / "reports/report.md"
     stamps = {p: p.stat().st_mtime_ns for p in (weights, run_model, metrics, report)}
 
-    drm_pipeline(str(pfile))  # nothing changed: every task is a cache hit
+    drm_pipeline(str(proj))  # nothing changed: every task is a cache hit
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     params["evaluate"]["beta"] = 0.2
-    pfile.write_text(yaml.safe_dump(params))
-    drm_pipeline(str(pfile))  # only evaluate and report rerun
+    params["runtime"]["threads"] = 1  # a runtime setting reruns nothing
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    drm_pipeline(str(proj))  # only evaluate and report rerun
     assert weights.stat().st_mtime_ns == stamps[weights]
     assert run_model.stat().st_mtime_ns == stamps[run_model]
     assert metrics.stat().st_mtime_ns != stamps[metrics]
@@ -59,22 +61,32 @@ def test_flow_runs_caches_and_reruns_only_affected(harness, tmp_path):
     assert "beta" in report.read_text()
 
     # an overrides file in descriptions/: params hold its path, the cache key its contents
-    (tmp_path / "descriptions").mkdir()
-    over = tmp_path / "descriptions/over.json"
+    over = proj / "descriptions/over.json"
     over.write_text(json.dumps({"0": ["first hand-written sentence"]}))
     params["describe"]["overrides"] = "descriptions/over.json"
-    pfile.write_text(yaml.safe_dump(params))
-    drm_pipeline(str(pfile))
-    desc = tmp_path / "data/descriptions.json"
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    drm_pipeline(str(proj))
+    desc = proj / "data/descriptions.json"
     assert "first hand-written sentence" in desc.read_text()
     over.write_text(json.dumps({"0": ["second hand-written sentence"]}))  # same params
-    drm_pipeline(str(pfile))
+    drm_pipeline(str(proj))
     assert "second hand-written sentence" in desc.read_text()
     assert run_model.stat().st_mtime_ns != stamps[run_model]  # new cd head: fine-tuning reran
 
+    stamps = {p: p.stat().st_mtime_ns for p in stamps}
+    source = proj / "drm/report/run.py"  # a code change reruns the stages that import it, only
+    source.write_text(source.read_text() + "\n# edited\n")
+    drm_pipeline(str(proj))
+    assert report.stat().st_mtime_ns != stamps[report]
+    assert run_model.stat().st_mtime_ns == stamps[run_model] and metrics.stat().st_mtime_ns == stamps[metrics]
+
+    run_model.unlink()  # a deleted output reruns its stage despite the cache hit
+    drm_pipeline(str(proj))
+    assert run_model.exists()
+
     params["world"]["noise"] = [0.04, 0.06]  # upstream change: everything downstream reruns
-    pfile.write_text(yaml.safe_dump(params))
-    drm_pipeline(str(pfile))
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    drm_pipeline(str(proj))
     assert weights.stat().st_mtime_ns != stamps[weights]
     assert run_model.stat().st_mtime_ns != stamps[run_model]
 
@@ -84,28 +96,38 @@ def test_user_errors_are_not_retried():
     to the task's retry policy."""
     from prefect.states import Failed
 
-    from drm.errors import ConfigError, MissingArtifactError
+    from drm.base.errors import ConfigError, MissingArtifactError
     from pipeline import flow
 
     cond = flow.retry_unless_user_error
     assert cond(None, None, Failed(data=ConfigError("OPENAI_API_KEY is not set"))) is False
     assert cond(None, None, Failed(data=MissingArtifactError("data/world", "world"))) is False
     assert cond(None, None, Failed(data=OSError("connection reset"))) is True
-    retried = [t for t in (flow.world, flow.pretrain, flow.describe, flow.zeroshot, flow.finetune) if t.retries]
-    assert len(retried) == 5 and all(t.retry_condition_fn is cond for t in retried)
+    assert flow.run_stage.retries and flow.run_stage.retry_condition_fn is cond
 
 
 def test_a_user_error_fails_the_flow_with_one_line(harness, tmp_path, monkeypatch, capsys):
     from pipeline import flow
-    from tests.conftest import tiny_params_dict
+    from tests.conftest import make_project, tiny_params_dict
 
     params = tiny_params_dict()
     params["describe"] = {"provider": "openai", "openai": {"api_key_env": "DRM_TEST_ABSENT_KEY"}}
     monkeypatch.delenv("DRM_TEST_ABSENT_KEY", raising=False)
-    pfile = tmp_path / "params.yaml"
-    pfile.write_text(yaml.safe_dump(params))
+    proj = make_project(tmp_path / "proj", params)
     with pytest.raises(SystemExit) as exit_:
-        flow.main(["--params", str(pfile)])
+        flow.main(["--project", str(proj)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "DRM_TEST_ABSENT_KEY" in err
+
+
+def test_scheduled_runs_refuse_the_temporary_server(monkeypatch, capsys):
+    """Prefect's temporary server never fires a schedule: --serve says what to start instead."""
+    from pipeline import flow
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        flow.main(["--serve", "--cron", "* * * * *"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "needs a Prefect server" in err and "PREFECT_API_URL" in err

@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from drm.config import DataConfig, EvaluateConfig
-from drm.datasets import open_source
-from drm.errors import ConfigError, DRMError
+from drm.base.params import DataConfig
+from drm.evaluate.config import EvaluateConfig
+from drm.datasets.registry import open_source
+from drm.base.errors import ConfigError, DRMError
 
 # ImageNet-1k's first and last wnids around made-up ones: the layout of the real train folder
 WNIDS = ["n01440764"] + [f"n{1440765 + i:08d}" for i in range(998)] + ["n15075141"]
@@ -99,8 +100,8 @@ def test_objectnet_mapping_crop_and_exclusions(tree):
 
 
 def test_scoring_masks_projects_and_averages(tree):
-    from drm.evaluate import add_ood_mean, evaluate_table
-    from drm.inference import logits_table
+    from drm.evaluate.run import add_ood_mean, evaluate_table
+    from drm.base.tables import logits_table
 
     src = open_source(DataConfig(source="imagenet", root=str(tree)))
     cfg = EvaluateConfig(beta=0.5, group_by=["domain"])
@@ -161,9 +162,9 @@ def test_stages_run_end_to_end_on_the_imagenet_layout(tree, tmp_path):
     tree, with a small randomly initialised open_clip model folder standing in for real weights."""
     import yaml
 
-    from drm import steps
-    from drm.config import PretrainConfig, parse_params
-    from drm.models import build_clip, save_model_folder
+    from drm.base.clip import build_clip, save_model_folder
+    from drm.pretrain.config import PretrainConfig
+    from tests.conftest import make_project, run_stages
 
     base = tmp_path / "proj"
     (base / "descriptions").mkdir(parents=True)
@@ -173,21 +174,16 @@ def test_stages_run_end_to_end_on_the_imagenet_layout(tree, tmp_path):
     save_model_folder(build_clip(arch), arch, base / "models" / "pretrained", 32)
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     raw.update({"seeds": [0], "wise": {"alphas": [0.0, 1.0]}})
-    raw["data"] = {"source": "imagenet", "root": str(tree), "num_workers": 0}
+    raw["data"] = {"source": "imagenet", "root": str(tree)}
     raw["describe"] = {"provider": "file", "file": "descriptions/inet.json"}
     raw["zeroshot"]["templates"] = ["a photo of a {c}."]
     raw["finetune"].update({"methods": ["erm", "drm"], "epochs": 1, "batch_size": 32, "warmup_steps": 1})
     raw["evaluate"].update({"beta": 0.5, "group_by": ["domain"]})
     raw["report"].update({"id_split": "id_test", "ood_split": "ood_mean", "comparisons": [["drm", "erm"]]})
-    params = parse_params(raw)
+    make_project(base, raw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ObjectNet's left-out class is tested above
-        steps.describe(params, base, progress=False)
-        steps.zeroshot(params, base, progress=False)
-        for m in ("erm", "drm"):
-            steps.finetune(params, m, 0, base, progress=False)
-        steps.evaluate(params, base, progress=False)
-    steps.report(params, base)
+        run_stages(base, ["describe", "zeroshot", "finetune@erm-0", "finetune@drm-0", "evaluate", "report"])
     frame = pd.read_csv(base / "metrics" / "all.csv")
     shifts = ["ood_imagenet_v2", "ood_imagenet_r", "ood_imagenet_a", "ood_imagenet_sketch", "ood_objectnet"]
     assert set(shifts + ["id_test", "id_val", "ood_mean"]) <= set(frame.split)
@@ -224,7 +220,7 @@ def test_layout_is_checked_when_the_source_opens(tree):
 
 
 def test_ood_mean_keeps_a_missing_metric_missing():
-    from drm.evaluate import add_ood_mean
+    from drm.evaluate.run import add_ood_mean
 
     rows = [{"method": "m", "seed": 0, "alpha": 1.0, "head": "dual", "split": s, "role": "ood", "beta": 0.5,
              "accuracy": a, "bench_x": b} for s, a, b in (("o1", 0.2, 1.0), ("o2", 0.4, float("nan")))]

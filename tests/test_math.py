@@ -6,13 +6,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drm.core import affinity_weights, ratio_weights, soft_targets
-from drm.heads import text_head, zero_shot_logits
-from drm.losses import drm_loss, distill_loss, erm_loss
-from drm.metrics import (accuracy, dual_probs, group_accuracy, macro_f1, per_class_accuracy,
-                         worst_group_accuracy)
-from drm.models import wise_state
-from drm.config import MethodConfig
+from drm.zeroshot.core import affinity_weights, ratio_weights, soft_targets
+from drm.zeroshot.heads import text_head, zero_shot_logits
+from drm.evaluate.metrics import (accuracy, dual_probs, group_accuracy, macro_f1, per_class_accuracy,
+                                  worst_group_accuracy)
+from drm.finetune.losses import distill_loss, erm_loss, wrm_loss
+from drm.finetune.methods import DRM, Distill
+from drm.finetune.wise import wise_state
+
+
+def method_loss(df, cd, y, core, method):
+    """A method's loss on a batch of (df, cd) logits, through the method itself."""
+    class Logits(torch.nn.Module):
+        def forward(self, _):
+            return df, cd
+
+    from drm.finetune.methods import Batch
+
+    return method.batch_loss(Logits(), Batch(images=None, y=y, core=core, text_generator=None))
+
+
+drm_loss = method_loss
 
 
 class FakeTextModel:
@@ -91,7 +105,7 @@ def _ce(logits, y):
 def test_erm_is_cross_entropy_on_df(batch):
     df, cd, y, core = batch
     direct = np.mean([_ce(df[i].numpy().astype(float), y[i]) for i in range(6)])
-    assert erm_loss(df, cd, y, core, MethodConfig(loss="erm")).item() == pytest.approx(direct, rel=1e-5)
+    assert erm_loss(df, y).item() == pytest.approx(direct, rel=1e-5)
 
 
 @pytest.mark.parametrize("estimator", ["weighted", "ratio"])
@@ -100,7 +114,7 @@ def test_drm_weighted_estimators(batch, estimator):
     lam = 0.7
     erm = np.mean([_ce(df[i].numpy().astype(float), y[i]) for i in range(6)])
     wrm = np.mean([core[estimator][i].item() * _ce(cd[i].numpy().astype(float), y[i]) for i in range(6)])
-    got = drm_loss(df, cd, y, core, MethodConfig(loss="drm", lam=lam, estimator=estimator)).item()
+    got = drm_loss(df, cd, y, core, DRM(lam=lam, estimator=estimator)).item()
     assert got == pytest.approx(erm + lam * wrm, rel=1e-5)
 
 
@@ -109,14 +123,14 @@ def test_drm_soft_estimator_targets_pretrained_cd_distribution(batch):
     erm = np.mean([_ce(df[i].numpy().astype(float), y[i]) for i in range(6)])
     logp = torch.log_softmax(cd.double(), -1).numpy()
     wrm = np.mean([-(core["soft"][i].double().numpy() * logp[i]).sum() for i in range(6)])
-    got = drm_loss(df, cd, y, core, MethodConfig(loss="drm", lam=2.0, estimator="soft")).item()
+    got = drm_loss(df, cd, y, core, DRM(lam=2.0, estimator="soft")).item()
     assert got == pytest.approx(erm + 2.0 * wrm, rel=1e-5)
 
 
 def test_distill_uses_df_head_only(batch):
     df, cd, y, core = batch
-    a = distill_loss(df, cd, y, core, MethodConfig(loss="distill", lam=1.0))
-    b = distill_loss(df, cd * 0 + 100, y, core, MethodConfig(loss="distill", lam=1.0))
+    a = method_loss(df, cd, y, core, Distill(lam=1.0))
+    b = method_loss(df, cd * 0 + 100, y, core, Distill(lam=1.0))
     assert a.item() == pytest.approx(b.item())
     logp = torch.log_softmax(df.double(), -1).numpy()
     kd = np.mean([-(core["df_soft"][i].double().numpy() * logp[i]).sum() for i in range(6)])
@@ -162,7 +176,7 @@ def test_wise_interpolates_floats_only():
 
 def _logit_table(split, y, df, cd):
 
-    from drm.inference import logits_table
+    from drm.base.tables import logits_table
 
     meta = __import__("pandas").DataFrame({"id": [f"{split}{i}" for i in range(len(y))], "y": y})
     return logits_table(split, meta, torch.tensor(df, dtype=torch.float32), torch.tensor(cd, dtype=torch.float32))
@@ -171,7 +185,7 @@ def _logit_table(split, y, df, cd):
 def test_select_beta_picks_the_mixture_best_on_validation():
     import pyarrow as pa
 
-    from drm.evaluate import select_beta
+    from drm.evaluate.run import select_beta
 
     # id_val: df confidently right, cd mildly wrong; ood_val: df mildly wrong, cd confidently right.
     y = np.array([0, 1, 0, 1])
@@ -193,9 +207,10 @@ def test_linear_probe_head_reproduces_probe_logits():
     """LP-FT's head: logit_scale * f @ W.T ranks classes as the fitted probe does."""
     import pandas as pd
 
-    from drm.datasets import Split
-    from drm.finetune import linear_probe_head
-    from drm.models import DualHeadClassifier
+    from drm.datasets.base import Split
+    from drm.finetune.train import linear_probe_head
+    from drm.finetune.classifiers import DualHeadClassifier
+    from drm.zeroshot.heads import ZeroShotHeads
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(60) % 3
@@ -203,8 +218,9 @@ def test_linear_probe_head_reproduces_probe_logits():
     x[torch.arange(60), y] += 2.0  # class c lights up feature c
     ds = torch.utils.data.TensorDataset(x, y)
     split = Split("train", "train", pd.DataFrame({"id": [str(i) for i in range(60)], "y": y.numpy()}), ds)
-    model = DualHeadClassifier(torch.nn.Identity(), torch.zeros(3, 4), torch.zeros(3, 4), logit_scale=20.0)
-    model.df.data = linear_probe_head(model, split, 3, c=10.0, progress=False)
+    heads = ZeroShotHeads(df_head=torch.zeros(3, 4), cd_head=torch.zeros(3, 4), logit_scale=20.0)
+    model = DualHeadClassifier(visual=torch.nn.Identity(), heads=heads)
+    model.df.data = linear_probe_head(model, split, n_classes=3, c=10.0, progress=False)
     df, _ = model(x)
     assert (df.argmax(-1) == y).float().mean() > 0.95
 
@@ -212,18 +228,18 @@ def test_linear_probe_head_reproduces_probe_logits():
 def test_soft_targets_temperature_is_softmax_of_scaled_logits(batch):
     """temperature T: targets softmax(cd_pretrained / T), from the stored p_c; distill's
     control gets the same knob on p_df."""
-    from drm.losses import sharpen, soft_cross_entropy
+    from drm.finetune.losses import sharpen, soft_cross_entropy
 
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     p = logits.softmax(-1)
     assert torch.allclose(sharpen(p, 0.5), (logits / 0.5).softmax(-1), atol=1e-6)
     assert torch.equal(sharpen(p, 1.0), p)
     df, cd, y, core = batch
-    got = drm_loss(df, cd, y, core, MethodConfig(loss="drm", lam=1.0, estimator="soft", temperature=0.25)).item()
+    got = drm_loss(df, cd, y, core, DRM(lam=1.0, estimator="soft", temperature=0.25)).item()
     want = F.cross_entropy(df, y) + soft_cross_entropy(cd, sharpen(core["soft"], 0.25))
     assert got == pytest.approx(want.item(), rel=1e-5)
-    assert got != pytest.approx(drm_loss(df, cd, y, core, MethodConfig(loss="drm", estimator="soft")).item(), rel=1e-3)
-    got = distill_loss(df, cd, y, core, MethodConfig(loss="distill", lam=1.0, temperature=0.25)).item()
+    assert got != pytest.approx(drm_loss(df, cd, y, core, DRM(estimator="soft")).item(), rel=1e-3)
+    got = distill_loss(df, y, core, lam=1.0, temperature=0.25).item()
     want = F.cross_entropy(df, y) + soft_cross_entropy(df, sharpen(core["df_soft"], 0.25))
     assert got == pytest.approx(want.item(), rel=1e-5)
 
@@ -231,7 +247,7 @@ def test_soft_targets_temperature_is_softmax_of_scaled_logits(batch):
 def test_comparison_table_is_method_minus_baseline_per_head_and_alpha():
     import pandas as pd
 
-    from drm.report import comparison_table
+    from drm.report.run import comparison_table
 
     rows = []
     for method, acc in (("drm", {"id_test": 0.90, "ood_test": 0.80}), ("erm", {"id_test": 0.95, "ood_test": 0.70})):

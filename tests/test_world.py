@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from drm.config import WorldConfig
-from drm.datasets.world import WorldSource
-from drm.world import CLASSNAMES, STYLES, generate
+from drm.world.config import WorldConfig
+from drm.world.source import WorldSource
+from drm.world.render import CLASSNAMES, STYLES, generate
 
 SMALL = dict(n_pretrain=64, n_train=400, n_id_val=16, n_id_test=16, n_ood_val=16, n_ood_test=200)
 

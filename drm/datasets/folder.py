@@ -30,8 +30,8 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import Dataset
 
-from drm.datasets import DataSource, Split, read_json
-from drm.errors import ConfigError, DRMError
+from drm.datasets.base import DataSource, Split, read_json
+from drm.base.errors import ConfigError, DRMError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 CANONICAL_SPLITS = ("train", "id_val", "id_test", "ood_val", "ood_test")

@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from drm.datasets import DataSource, Split, read_json
+from drm.datasets.base import DataSource, Split, read_json
 from drm.datasets.folder import FileImageDataset, _is_image, _visible_dirs, list_images
-from drm.errors import ConfigError, DRMError
+from drm.base.errors import ConfigError, DRMError
 
 # split name -> folder under root (ImageNet-V2's class folders are indices, the others wnids)
 SHIFTS = {

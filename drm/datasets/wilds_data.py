@@ -40,8 +40,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from drm.datasets import DataSource, Split
-from drm.errors import DRMError
+from drm.datasets.base import DataSource, Split
+from drm.base.errors import DRMError
 
 # our split name -> WILDS split name
 SPLIT_TO_WILDS = {"train": "train", "id_val": "id_val", "id_test": "id_test", "ood_val": "val", "ood_test": "test"}

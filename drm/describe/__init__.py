@@ -1,43 +1,47 @@
 """Concept descriptions ("cd"): per class, sentences about the object's own core visual traits.
 
-The descriptions file (JSON, schema_version 1) is the `describe` stage's output:
+The describe stage: a provider, chosen by name from PROVIDERS, turns class names into
+descriptions; `run_describe` screens them as untrusted text, applies the hand-written
+overrides, and writes the descriptions file with the provenance that shapes it, plus this
+run's statistics in a sidecar.
 
-    {
-      "schema_version": 1,
-      "classnames": ["circle", ...],                 # the dataset's class order
-      "descriptions": {"circle": ["...", ...], ...}, # class name -> non-empty list of str
-      "provenance": {"provider": "world", "counts": {...}, ...}
-    }
-
-Per-run statistics (requests, cache hits, tokens, seconds) go to a sidecar
-`<name>.run.json`; the descriptions file is rewritten only when its content changes.
-
-A provider turns class names into descriptions; providers are chosen by name from
-PROVIDERS. LLM output is untrusted text: every description passes `clean_descriptions`.
+    text.py      untrusted text: escapes stripped, implausible descriptions rejected (rules there)
+    artifact.py  the descriptions file (schema, byte-stable writes, loading) and its sidecar
+    config.py    params: describe and describe.openai
+    file.py      the `file` provider (published JSON files); overrides use its reader
+    cache.py     the request cache of LLM providers (SQLite)
+    openai/      the `openai` provider (any OpenAI-compatible chat server)
+    stage.py     the stage's shell (params, context, dry run)
+The `world` provider lives with the embedded world (drm.world.describe).
 """
 from __future__ import annotations
 
-import json
-import re
-import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from drm.errors import DescriptionsError
-
-SCHEMA_VERSION = 1
-MAX_DESCRIPTION_CHARS = 300
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from drm.base.errors import DescriptionsError
+from drm.describe.artifact import (SCHEMA_VERSION, load_descriptions, render_descriptions,  # noqa: F401
+                                   validate_descriptions, write_if_changed, write_run_record)
+from drm.describe.text import (MAX_DESCRIPTION_CHARS, Rejected, clean_descriptions,  # noqa: F401
+                               screen_descriptions)
 
 
 @dataclass
 class DescribeResult:
-    """What a provider returns: descriptions by class name and provider-specific provenance."""
+    """What a provider returns, in three parts kept apart on purpose:
+
+    provenance: only what shapes the descriptions (model, prompt hash, sampling settings...).
+        It is saved in the descriptions file, so a rerun that gives the same descriptions
+        must give the same provenance: no counters, timings or dates here.
+    stats: what this run did (requests, cache hits, tokens, seconds...): saved to the sidecar.
+    rejected: descriptions the provider already screened out (drm.describe.text), by class.
+    """
 
     descriptions: dict[str, list[str]]
     provenance: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    rejected: dict[str, list[Rejected]] = field(default_factory=dict)
 
 
 class Provider(Protocol):
@@ -53,76 +57,7 @@ class DescribeContext:
     classnames: list[str]
     core_traits: dict[str, list[str]] | None = None  # from the data source (world only)
     base_dir: Path = Path(".")
-
-
-def clean_descriptions(items, max_chars: int = MAX_DESCRIPTION_CHARS) -> list[str]:
-    """Normalise untrusted text: strip, drop control characters and bullets, collapse
-    whitespace, truncate to max_chars at a word boundary, drop empties and duplicates
-    (case-insensitive), keep order."""
-    if isinstance(items, str):
-        items = [items]
-    out, seen = [], set()
-    for item in items:
-        if not isinstance(item, str):
-            continue
-        text = unicodedata.normalize("NFKC", item)
-        text = _CONTROL.sub(" ", text)
-        text = re.sub(r"^\s*(?:[-*\u2022]|\d+[.)])\s+", "", text)
-        text = " ".join(text.split()).strip().strip('"').strip()
-        if len(text) > max_chars:
-            cut = text[:max_chars].rsplit(" ", 1)[0]
-            text = (cut or text[:max_chars]).rstrip(",;: ")
-        key = text.lower()
-        if text and key not in seen:
-            seen.add(key)
-            out.append(text)
-    return out
-
-
-def validate_descriptions(descriptions: dict[str, list[str]], classnames: list[str]) -> None:
-    """Raise DescriptionsError unless every class has a non-empty list of non-empty strings."""
-    missing = [c for c in classnames if c not in descriptions]
-    if missing:
-        raise DescriptionsError(
-            f"descriptions are missing {len(missing)} class(es): {missing[:10]}"
-            + (" ..." if len(missing) > 10 else "")
-            + "; add them to the descriptions file or to describe.overrides"
-        )
-    empty = [c for c in classnames if not descriptions[c] or not all(
-        isinstance(d, str) and d.strip() for d in descriptions[c])]
-    if empty:
-        raise DescriptionsError(
-            f"empty description(s) for class(es) {empty[:10]}: every class needs at least one "
-            "non-empty sentence; fix the source or add an override"
-        )
-
-
-def save_descriptions(path, classnames: list[str], descriptions: dict[str, list[str]],
-                      provenance: dict[str, Any]) -> None:
-    validate_descriptions(descriptions, classnames)
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "classnames": list(classnames),
-        "descriptions": {c: list(descriptions[c]) for c in classnames},
-        "provenance": provenance,
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def load_descriptions(path, classnames: list[str] | None = None) -> dict[str, list[str]]:
-    """Read a descriptions file written by the describe stage, validated against classnames."""
-    from drm.errors import require
-
-    doc = json.loads(require(path, "describe").read_text())
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise DescriptionsError(f"{path}: unsupported schema_version {doc.get('schema_version')!r}")
-    names = classnames if classnames is not None else doc["classnames"]
-    validate_descriptions(doc["descriptions"], names)
-    return {c: doc["descriptions"][c] for c in names}
+    progress: bool = True  # a runtime setting: never part of the descriptions
 
 
 def read_overrides(path, classnames: list[str]) -> dict[str, list[str]]:
@@ -133,7 +68,7 @@ def read_overrides(path, classnames: list[str]) -> dict[str, list[str]]:
 
 
 def _world(cfg, ctx):
-    from drm.describe.world import WorldProvider
+    from drm.world.describe import WorldProvider  # the embedded world's own vocabulary
 
     return WorldProvider.from_config(cfg, ctx)
 
@@ -145,7 +80,7 @@ def _file(cfg, ctx):
 
 
 def _openai(cfg, ctx):
-    from drm.describe.openai_provider import OpenAIProvider
+    from drm.describe.openai import OpenAIProvider
 
     return OpenAIProvider.from_config(cfg, ctx)
 
@@ -158,47 +93,61 @@ PROVIDERS: dict[str, Callable[[Any, DescribeContext], Provider]] = {
 
 
 def run_describe(cfg, ctx: DescribeContext, out_path) -> dict[str, list[str]]:
-    """The describe stage: provider -> clean -> overrides -> validate -> save (with provenance)."""
+    """The describe stage: provider -> screen -> overrides -> validate -> save (the file only
+    when its content changes; the sidecar every run)."""
     if cfg.provider not in PROVIDERS:
         raise DescriptionsError(
             f"unknown describe.provider {cfg.provider!r}; choose one of {sorted(PROVIDERS)}")
-    provider = PROVIDERS[cfg.provider](cfg, ctx)
-    result = provider.describe(ctx.classnames)
-    descriptions = {c: clean_descriptions(result.descriptions.get(c, [])) for c in ctx.classnames}
+    result = PROVIDERS[cfg.provider](cfg, ctx).describe(ctx.classnames)
+    overrides = read_overrides(Path(ctx.base_dir) / cfg.overrides, ctx.classnames) if cfg.overrides else {}
+    descriptions, rejected = _screen(ctx.classnames, result, overrides)
+    _require_plausible(descriptions, rejected, sources={
+        c: "describe.overrides" if c in overrides else _source(cfg) for c in ctx.classnames})
     provenance = {"provider": cfg.provider, **result.provenance}
-    if cfg.overrides:
-        over = read_overrides(Path(ctx.base_dir) / cfg.overrides, ctx.classnames)
-        for c, items in over.items():
-            descriptions[c] = clean_descriptions(items)
-        provenance["overrides"] = {"path": str(cfg.overrides), "classes": sorted(over)}
+    if overrides:
+        provenance["overrides"] = {"path": str(cfg.overrides), "classes": sorted(overrides)}
     provenance["counts"] = {c: len(descriptions[c]) for c in ctx.classnames}
-    # Per-run statistics go to a sidecar, so a rerun that yields the same descriptions
-    # leaves the descriptions file (a dependency of everything downstream) byte-identical.
-    run_info = {k: provenance.pop(k) for k in VOLATILE_PROVENANCE if k in provenance}
-    run_info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    out_path = Path(out_path)
-    # No timestamp in the file itself: the same descriptions give the same bytes on every
-    # machine (and the same hash in dvc.lock); when it was written is in the sidecar.
-    if not _same_content(out_path, ctx.classnames, descriptions, provenance):
-        save_descriptions(out_path, ctx.classnames, descriptions, provenance)
-        run_info["descriptions_file"] = "written"
-    else:
-        run_info["descriptions_file"] = "unchanged"
-    sidecar = out_path.with_suffix(".run.json")
-    sidecar.write_text(json.dumps(run_info, indent=2) + "\n")
+    provenance["rejected"] = {c: [r.as_dict() for r in rejected[c]] for c in ctx.classnames if rejected[c]}
+    text = render_descriptions(classnames=ctx.classnames, descriptions=descriptions, provenance=provenance)
+    written = write_if_changed(out_path, text)
+    write_run_record(out_path, {"provider": cfg.provider, **result.stats}, written=written)
     return descriptions
 
 
-VOLATILE_PROVENANCE = ("requests", "cache_hits", "tokens", "seconds", "created")
+def _screen(classnames, result: DescribeResult, overrides: dict[str, list[str]]):
+    """Each class's descriptions (an override replaces the provider's) through
+    screen_descriptions. Returns (kept by class, rejected by class): the provider's own
+    rejections count only for classes whose descriptions it supplied."""
+    descriptions: dict[str, list[str]] = {}
+    rejected: dict[str, list[Rejected]] = {}
+    for c in classnames:
+        if c in overrides:
+            screened, earlier = screen_descriptions(overrides[c]), []
+        else:
+            screened = screen_descriptions(result.descriptions.get(c, []))
+            earlier = list(result.rejected.get(c, []))
+        descriptions[c] = screened.kept
+        rejected[c] = earlier + screened.rejected
+    return descriptions, rejected
 
 
-def _same_content(path: Path, classnames, descriptions, provenance) -> bool:
-    if not path.exists():
-        return False
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    old_prov = {k: v for k, v in old.get("provenance", {}).items() if k != "created"}
-    return (old.get("classnames") == list(classnames) and old.get("descriptions") == descriptions
-            and old_prov == json.loads(json.dumps(provenance)))
+def _source(cfg) -> str:
+    return f"describe.file {cfg.file}" if cfg.provider == "file" else f"the {cfg.provider} provider"
+
+
+def _require_plausible(descriptions, rejected, *, sources: dict[str, str]) -> None:
+    """A class left with nothing because every description was rejected fails here, naming
+    the class and the rejected text, instead of being dropped or reported as merely empty."""
+    bad = [c for c in descriptions if not descriptions[c] and rejected[c]]
+    if not bad:
+        return
+    details = "; ".join(
+        f"{c!r} (from {sources[c]}): " + ", ".join(r.describe() for r in rejected[c][:3])
+        + (f", ... ({len(rejected[c]) - 3} more)" if len(rejected[c]) > 3 else "")
+        for c in bad[:10])
+    raise DescriptionsError(
+        f"describe: every description of {len(bad)} class(es) was rejected as implausible text "
+        f"(the rules are in drm/describe/text.py): {details}"
+        + (f"; ... ({len(bad) - 10} more classes)" if len(bad) > 10 else "")
+        + ". Fix the source, or give these classes sentences in describe.overrides (a JSON "
+        "file in descriptions/: class name -> sentence or list of sentences).")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drm.errors import DescriptionsError
+from drm.base.errors import DescriptionsError
 
 CACHE_SCHEMA = 1
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drm.describe import DescribeContext, DescribeResult
-from drm.errors import DescriptionsError
+from drm.base.errors import DescriptionsError
 
 
 def read_class_mapping(path, classnames: list[str], require_all: bool = True) -> dict[str, list[str]]:

@@ -1,0 +1,117 @@
+"""open_clip models: build the embedded architecture, save/load local model folders, load any
+pre-trained model by name, save/load state dicts (safetensors), encode images.
+
+A local model folder is what `open_clip.create_model("local-dir:PATH")` loads:
+`open_clip_config.json` ({"model_cfg": ..., "preprocess_cfg": ...}) beside
+`open_clip_model.safetensors`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from drm.base.errors import DRMError, MissingArtifactError
+
+WEIGHTS_FILE = "open_clip_model.safetensors"
+CONFIG_FILE = "open_clip_config.json"
+LOCAL = "local-dir:"
+
+
+def build_clip(arch: dict):
+    """A randomly initialised open_clip CLIP from an architecture dict (model_cfg)."""
+    import open_clip
+
+    return open_clip.CLIP(**arch)
+
+
+def save_model_folder(model, arch: dict, out_dir, image_size: int) -> Path:
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preprocess = {"size": image_size, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                  "interpolation": "bicubic", "resize_mode": "shortest"}
+    (out / CONFIG_FILE).write_text(json.dumps({"model_cfg": arch, "preprocess_cfg": preprocess}, indent=2))
+    save_model(model, str(out / WEIGHTS_FILE))
+    return out
+
+
+def check_model_folder(path, stage: str | None = "pretrain") -> Path:
+    """The folder, if it holds an open_clip config and weights. `stage` names the stage that
+    writes it (None for a user's own folder: the message then says what the folder needs)."""
+    p = Path(path)
+    if not (p / CONFIG_FILE).exists():
+        if stage:
+            raise MissingArtifactError(p / CONFIG_FILE, stage)
+        raise DRMError(f"model folder {p} has no {CONFIG_FILE}: a local-dir: model folder needs "
+                       f"{CONFIG_FILE} (open_clip's model_cfg and preprocess_cfg) and its weights "
+                       f"({WEIGHTS_FILE} or open_clip_pytorch_model.bin); see the README, 'Real models and real data'")
+    weights = [f for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                           "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth") if (p / f).exists()]
+    if not weights:
+        fix = f"rerun the '{stage}' stage or copy the weights there" if stage else "copy the weights there"
+        raise DRMError(
+            f"model folder {p} has a config but no weights ({WEIGHTS_FILE}); refusing to fall back "
+            f"to random weights: {fix}")
+    return p
+
+
+def load_pretrained(name: str, pretrained: str | None = None, *, device: str = "cpu", base_dir="."):
+    """(model, train_transform, eval_transform, tokenizer) for any open_clip model name.
+
+    'local-dir:PATH' is resolved against base_dir and must contain weights; hub names
+    (e.g. ViT-B-16 with pretrained='openai') download on first use, as open_clip does."""
+    import open_clip
+
+    if name.startswith(LOCAL):
+        folder = Path(name[len(LOCAL):])
+        if not folder.is_absolute():
+            folder = Path(base_dir) / folder
+        # models/pretrained is the pretrain stage's output; any other folder is the user's own.
+        own = folder.resolve() != (Path(base_dir) / "models" / "pretrained").resolve()
+        check_model_folder(folder, None if own else "pretrain")
+        name = LOCAL + str(folder)
+        pretrained = None
+    try:
+        model, pre_train, pre_val = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, require_pretrained=True)
+    except RuntimeError as e:
+        raise DRMError(f"could not load pre-trained weights for model {name!r} "
+                       f"(pretrained={pretrained!r}): {e}") from e
+    tokenizer = open_clip.get_tokenizer(name)
+    model.eval()
+    return model, pre_train, pre_val, tokenizer
+
+
+def save_state(module: nn.Module, path) -> None:
+    from safetensors.torch import save_file
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_state(module: nn.Module, path, stage: str = "finetune") -> nn.Module:
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.exists():
+        raise MissingArtifactError(p, stage)
+    module.load_state_dict(load_file(str(p)))
+    return module
+
+
+@torch.no_grad()
+def encode_split(encode_fn, split, *, batch_size=512, device="cpu", num_workers=0, progress=True,
+                 desc=None) -> torch.Tensor:
+    """L2-normalised image features for every sample of a Split, in meta order."""
+    loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    feats = []
+    for x, _ in tqdm(loader, desc=desc or f"encode {split.name}", disable=not progress, leave=False):
+        feats.append(torch.nn.functional.normalize(encode_fn(x.to(device)).float(), dim=-1).cpu())
+    return torch.cat(feats)
