@@ -154,14 +154,18 @@ def drm_pipeline(project: str = ".") -> dict:
     return {name: f.result() for name, f in futures.items()}
 
 
-def serve(project: str, cron: str) -> None:
-    """Serve the flow on a schedule. Prefect's temporary server cannot schedule runs, so refuse it."""
+def _api_url() -> str | None:
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    return PREFECT_API_URL.value()
+
+
+def serve(project: str, cron: str) -> None:
+    """Serve the flow on a schedule. Prefect's temporary server cannot schedule runs, so refuse it."""
+    if not _api_url():
         raise ConfigError("scheduled runs need a Prefect server (the temporary one Prefect starts by itself "
-                          "never schedules anything): start one with `scripts/prefect_server.sh` and set "
-                          "PREFECT_API_URL=http://127.0.0.1:4200/api (README: Scheduled runs)")
+                          "never schedules anything): start one with `prefect server start` in another "
+                          "terminal, then set PREFECT_API_URL=http://127.0.0.1:4200/api and rerun")
     drm_pipeline.serve(name="drm-scheduled", cron=cron, parameters={"project": str(Path(project).resolve())})
 
 

@@ -125,9 +125,14 @@ def test_scheduled_runs_refuse_the_temporary_server(monkeypatch, capsys):
     """Prefect's temporary server never fires a schedule: --serve says what to start instead."""
     from pipeline import flow
 
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(flow, "_api_url", lambda: None)  # as with PREFECT_API_URL unset
+
+    def must_not_serve(*a, **k):
+        raise AssertionError("served on a temporary server")
+
+    monkeypatch.setattr(flow.drm_pipeline, "serve", must_not_serve)
     with pytest.raises(SystemExit) as exit_:
         flow.main(["--serve", "--cron", "* * * * *"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "needs a Prefect server" in err and "PREFECT_API_URL" in err
+    assert "need a Prefect server" in err and "prefect server start" in err and "PREFECT_API_URL" in err

@@ -96,16 +96,6 @@ def save_state(module: nn.Module, path) -> None:
     save_file(state, str(path))
 
 
-def load_state(module: nn.Module, path, stage: str = "finetune") -> nn.Module:
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not p.exists():
-        raise MissingArtifactError(p, stage)
-    module.load_state_dict(load_file(str(p)))
-    return module
-
-
 @torch.no_grad()
 def encode_split(encode_fn, split, *, batch_size=512, device="cpu", num_workers=0, progress=True,
                  desc=None) -> torch.Tensor:

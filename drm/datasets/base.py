@@ -17,9 +17,6 @@ from torch.utils.data import Dataset
 
 from drm.base.errors import ConfigError
 
-ROLES = ("train", "id", "ood")
-
-
 def read_json(path):
     """A JSON file a user provides (class names, mappings); invalid JSON is a ConfigError."""
     import json
@@ -59,9 +56,6 @@ class DataSource:
     def benchmark_metrics(self, split: str, meta: pd.DataFrame, y_pred) -> dict[str, float]:
         """Metrics as the benchmark defines them (e.g. WILDS' eval); {} for none extra."""
         return {}
-
-    def splits_with_role(self, role: str) -> list[str]:
-        return [s for s, r in self.splits.items() if r == role]
 
     def class_mask(self, split: str):
         """Boolean array over the classes a split is scored over (None: all), e.g. the 200

@@ -94,17 +94,13 @@ class TextTowerClassifier(nn.Module):
 
     def heads(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: rebuilt with gradients. Eval: built once and cached until train(),
-        load_state_dict(), to()/half() or invalidate() (call it after changing parameters in
-        place in eval mode)."""
+        load_state_dict() or to()/half()."""
         if self.training:
             return self._head("df"), self._head("cd")
         if self._heads is None:
             with torch.no_grad():
                 self._heads = (self._head("df"), self._head("cd"))
         return self._heads
-
-    def invalidate(self) -> None:
-        self._heads = None
 
     def cd_logits(self, f: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * f @ self._head("cd").t()

@@ -1,7 +1,7 @@
 """Core estimates: how much of each training label the pre-trained model explains with core
 features alone (its cd zero-shot prediction). Computed once, before fine-tuning.
 
-Estimators, by name (ESTIMATORS):
+Estimators (drm.finetune.methods.DRM.estimator):
 - weighted: per-sample weight of the true label from the pre-trained cd affinities with
   affinity normalisation: a(x, y) = cos(image x, cd text of y), divided by the largest
   a(x', y) over training images x' of class y, clamped to [0, 1].
@@ -32,9 +32,6 @@ def ratio_weights(cd_logits, df_logits, y, clip: float) -> torch.Tensor:
     p_c = cd_logits.float().softmax(-1).gather(1, y[:, None])[:, 0]
     p_df = df_logits.float().softmax(-1).gather(1, y[:, None])[:, 0]
     return (p_c / p_df.clamp_min(1e-12)).clamp(0.0, clip)
-
-
-ESTIMATORS = ("weighted", "soft", "ratio")
 
 
 def core_estimates(features, cd_head, df_logits, cd_logits, y, ratio_clip: float) -> dict:

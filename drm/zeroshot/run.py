@@ -24,9 +24,6 @@ from drm.base.torch_utils import resolve_device
 from drm.zeroshot.core import core_estimates
 from drm.zeroshot.heads import ClassTexts, ZeroShotHeads, text_head, zero_shot_logits
 
-LOGITS_SCHEMA = "split: string, id: string, y: int32, df: fixed_size_list<float32>[C], cd: fixed_size_list<float32>[C]"
-CORE_SCHEMA = "id: string, y: int32, weighted: float32, ratio: float32, soft: fixed_size_list<float32>[C], df_soft: fixed_size_list<float32>[C]"
-
 
 def build_heads(model, tokenizer, *, classnames: list[str], texts: ClassTexts, device="cpu"):
     """(ZeroShotHeads, a JSON-able report of texts per class and truncations)."""
