@@ -12,13 +12,18 @@ def main(argv=None):
     p.add_argument("--descriptions", required=True, type=Path,
                    help="concept descriptions (the text-tower methods build their cd head from them)")
     p.add_argument("--out", required=True, type=Path, help="the run folder")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="the folder of resumable checkpoints (<method>-s<seed>/ inside; not a DVC output; "
+                        "default: none, no resume)")
     args = p.parse_args(argv)
     from drm.finetune import stage
 
     params, base, progress = cli.load(args, stage.Params)
     return "finetune", stage.run(params, base=base, method=args.method, seed=args.seed,
                                  zeroshot=base / args.zeroshot, descriptions=base / args.descriptions,
-                                 out=base / args.out, progress=progress)
+                                 out=base / args.out, progress=progress,
+                                 checkpoints=base / args.checkpoints if args.checkpoints else None,
+                                 script=Path(__file__).resolve())
 
 
 if __name__ == "__main__":

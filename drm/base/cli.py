@@ -31,11 +31,24 @@ def load(args, schema):
     return params, Path(args.params).resolve().parent, progress
 
 
+def message(e: DRMError) -> str:
+    """The user's message of a DRMError. One raised in a DataLoader worker comes back wrapped
+    in "Caught DRMError in DataLoader worker process N. Original Traceback ...": keep only the
+    original message (the traceback is no use to a user; the message names the file)."""
+    text = str(e)
+    if "Original Traceback" in text:
+        name = type(e).__name__
+        tail = text.rsplit(f"{name}: ", 1)
+        if len(tail) == 2:
+            return tail[1].strip()
+    return text
+
+
 def run(main) -> None:
     try:
         name, summary = main()
         if summary is not None:
             print(f"{name}: {json.dumps(summary) if not isinstance(summary, str) else summary}")
     except DRMError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {message(e)}", file=sys.stderr)
         sys.exit(2)

@@ -29,15 +29,21 @@ def build_clip(arch: dict):
     return open_clip.CLIP(**arch)
 
 
-def save_model_folder(model, arch: dict, out_dir, image_size: int) -> Path:
+def save_model_folder(model, arch: dict, out_dir, image_size: int, extra: dict[str, str] | None = None) -> Path:
+    """Write the local open_clip model folder atomically (built beside it, then renamed into
+    place: drm.base.atomic.atomic_dir); `extra`: more text files to put in it, name -> text."""
     from safetensors.torch import save_model
 
+    from drm.base.atomic import atomic_dir
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     preprocess = {"size": image_size, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
                   "interpolation": "bicubic", "resize_mode": "shortest"}
-    (out / CONFIG_FILE).write_text(json.dumps({"model_cfg": arch, "preprocess_cfg": preprocess}, indent=2))
-    save_model(model, str(out / WEIGHTS_FILE))
+    with atomic_dir(out) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps({"model_cfg": arch, "preprocess_cfg": preprocess}, indent=2))
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
     return out
 
 
@@ -68,6 +74,7 @@ def load_pretrained(name: str, pretrained: str | None = None, *, device: str = "
     (e.g. ViT-B-16 with pretrained='openai') download on first use, as open_clip does."""
     import open_clip
 
+    folder = own = None
     if name.startswith(LOCAL):
         folder = Path(name[len(LOCAL):])
         if not folder.is_absolute():
@@ -83,17 +90,28 @@ def load_pretrained(name: str, pretrained: str | None = None, *, device: str = "
     except RuntimeError as e:
         raise DRMError(f"could not load pre-trained weights for model {name!r} "
                        f"(pretrained={pretrained!r}): {e}") from e
+    except Exception as e:
+        if folder is None or type(e).__name__ != "SafetensorError":
+            raise
+        from drm.base.atomic import shown
+
+        fix = "replace the weights with a good copy" if own else "rerun the stage that makes it: `dvc repro pretrain`"
+        raise DRMError(f"the weights in model folder {shown(folder)} are unreadable ({e}): the file is truncated or "
+                       f"corrupt; {fix}") from None
     tokenizer = open_clip.get_tokenizer(name)
     model.eval()
     return model, pre_train, pre_val, tokenizer
 
 
 def save_state(module: nn.Module, path) -> None:
+    """A module's state dict as safetensors, written atomically."""
     from safetensors.torch import save_file
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    from drm.base.atomic import atomic_file
+
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(path))
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp))
 
 
 @torch.no_grad()

@@ -49,6 +49,10 @@ class RuntimeConfig(Strict):
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0: torch's default
     num_workers: int = Field(0, ge=0)  # DataLoader workers
     progress: bool = True  # tqdm bars on stderr (also off with --no-progress or DRM_NO_PROGRESS=1)
+    # finetune: a resumable checkpoint every N optimizer steps and/or every M minutes (0: off;
+    # both 0: none), whichever comes first, and at the end of training (docs/resume.md)
+    checkpoint_steps: int = Field(50, ge=0)
+    checkpoint_minutes: float = Field(10.0, ge=0)
 
 
 # Every top-level key params.yaml may have; a stage validates only its own sections, so a

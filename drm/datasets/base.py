@@ -8,6 +8,7 @@ read lazily, per item, so the same code path serves DataLoader workers on real d
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ from typing import Callable
 import pandas as pd
 from torch.utils.data import Dataset
 
-from drm.base.errors import ConfigError
+from drm.base.errors import ConfigError, DRMError
 
 def read_json(path):
     """A JSON file a user provides (class names, mappings); invalid JSON is a ConfigError."""
@@ -35,9 +36,54 @@ class Split:
     dataset: Dataset  # item i -> (image tensor, y) for meta row i
 
 
+def check_split_contents(source: "DataSource", split: Split) -> Split:
+    """A loaded split must have samples, and labels in 0..len(classnames)-1."""
+    from drm.base.atomic import shown
+
+    where = f"split {split.name!r} of data.root {shown(source.root)}"
+    if len(split.meta) == 0:
+        raise DRMError(f"{where} is empty: it has no samples; add its images (or labels), or remove the split "
+                       "from the data")
+    y = split.meta["y"].to_numpy()
+    n = len(source.classnames)
+    bad = (y < 0) | (y >= n)
+    if bad.any():
+        ids = split.meta["id"].astype(str).to_numpy()[bad][:3].tolist()
+        raise DRMError(f"{where} has {int(bad.sum())} label(s) outside the {n} classes (0..{n - 1}), e.g. "
+                       f"{', '.join(f'{i} (y={v})' for i, v in zip(ids, y[bad][:3].tolist()))}: its labels and its "
+                       "class list disagree; fix the labels or the class list, then rerun")
+    return split
+
+
+def _checked_load(load):
+    @functools.wraps(load)
+    def checked(self, split, *args, **kwargs):
+        import pyarrow as pa
+
+        try:
+            loaded = load(self, split, *args, **kwargs)
+        except pa.ArrowException as e:  # a Parquet file of the data (the embedded world's) cut short
+            from drm.base.atomic import shown
+
+            raise DRMError(f"split {split!r} of data.root {shown(self.root)} cannot be read ({e}): a file of it is "
+                           "truncated or corrupt; for the embedded world rerun the stage that makes it: "
+                           "`dvc repro world`, else replace the file with a good copy") from None
+        return check_split_contents(self, loaded)
+
+    checked._checked = True
+    return checked
+
+
 @dataclass
 class DataSource:
-    """Base class; subclasses fill classnames/splits and implement `load`."""
+    """Base class; subclasses fill classnames/splits and implement `load` (every subclass's
+    `load` checks what it returns: samples present, labels within the class list)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        load = cls.__dict__.get("load")
+        if load is not None and not getattr(load, "_checked", False):
+            cls.load = _checked_load(load)
 
     root: Path
     classnames: list[str] = field(default_factory=list)

@@ -70,6 +70,13 @@ def list_images(folder: Path, root: Path) -> list[str]:
     return sorted(found)
 
 
+def unreadable_image(path, error: Exception) -> str:
+    from drm.base.atomic import shown
+
+    return (f"image {shown(path)} cannot be read ({type(error).__name__}: {error}): the file is corrupt or truncated; "
+            "remove it from the dataset folder or replace it with a good copy, then rerun")
+
+
 class FileImageDataset(Dataset):
     """Images read from files per item (picklable: paths, labels and the transform)."""
 
@@ -82,8 +89,11 @@ class FileImageDataset(Dataset):
         return len(self.paths)
 
     def image(self, i) -> Image.Image:
-        with Image.open(self.paths[i]) as img:
-            return img.convert("RGB")
+        try:
+            with Image.open(self.paths[i]) as img:
+                return img.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated, broken chunks
+            raise DRMError(unreadable_image(self.paths[i], e)) from None
 
     def __getitem__(self, i):
         img = self.image(i)

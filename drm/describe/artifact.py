@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from drm.base.atomic import write_text
 from drm.base.errors import DescriptionsError, require
 
 SCHEMA_VERSION = 1
@@ -62,10 +63,7 @@ def write_if_changed(path, text: str) -> bool:
     path = Path(path)
     if path.exists() and path.read_bytes() == text.encode("utf-8"):
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, text)
     return True
 
 
@@ -78,13 +76,19 @@ def write_run_record(path, stats: dict[str, Any], *, written: bool) -> Path:
     record = {**stats, "descriptions_file": "written" if written else "unchanged",
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     sidecar = sidecar_path(path)
-    sidecar.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(sidecar, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return sidecar
 
 
 def load_descriptions(path, classnames: list[str] | None = None) -> dict[str, list[str]]:
     """Read a descriptions file written by the describe stage, validated against classnames."""
-    doc = json.loads(require(path, "describe").read_text(encoding="utf-8"))
+    try:
+        doc = json.loads(require(path, "describe").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        from drm.base.atomic import shown
+
+        raise DescriptionsError(f"{shown(path)} is unreadable ({e}): it is truncated or corrupt; rerun the stage "
+                                "that makes it: `dvc repro describe`") from None
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise DescriptionsError(f"{path}: unsupported schema_version {doc.get('schema_version')!r}")
     names = classnames if classnames is not None else doc["classnames"]

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
-from drm.base.errors import require
+from drm.base.atomic import write_text
+from drm.base.tables import read_table
 
 
 def linear_probe(features: np.ndarray, y: np.ndarray, folds: int = 3, seed: int = 0) -> float:
@@ -68,7 +68,7 @@ def swap_pairs(world_cfg, n: int, seed: int):
     """Base images and two controlled variants: non-core swapped (background, object colour,
     style) and object swapped (another shape, everything else kept). Returns uint8 arrays and
     the base labels."""
-    from drm.world.render import CLASSNAMES, PALETTE, STYLES, _colours, render
+    from drm.world.render import CLASSNAMES, MAX_TURN, PALETTE, STYLES, _colours, render
 
     rng = np.random.default_rng(seed)
     C, canvas = len(CLASSNAMES), world_cfg.canvas
@@ -83,13 +83,13 @@ def swap_pairs(world_cfg, n: int, seed: int):
     contrast = rng.uniform(max(0.5, world_cfg.contrast[0]), max(0.5, world_cfg.contrast[1]), n)
     cx = rng.uniform(radius + 2, canvas - radius - 2)
     cy = rng.uniform(radius + 2, canvas - radius - 2)
-    rot = rng.uniform(-0.25, 0.25, n)
+    turn = rng.uniform(-MAX_TURN, MAX_TURN, n)  # tan(rotation / 2), as the world draws it
     noise = np.full(n, world_cfg.noise[0])
     fg = _colours(rng, colours[bg_i], contrast)
     fg_other = _colours(rng, colours[bg_other], contrast)
 
     def draw(shape, sty, bg, fgc):  # same noise draw for every variant
-        return render(shape, sty, bg, fgc, cx, cy, radius, rot, noise, np.random.default_rng(seed + 1),
+        return render(shape, sty, bg, fgc, cx, cy, radius, turn, noise, np.random.default_rng(seed + 1),
                       canvas, world_cfg.image_size)
 
     base = draw(y, style, colours[bg_i], fg)
@@ -123,7 +123,7 @@ def swap_sensitivity(encode, transform, heads, world_cfg, n=500, seed=123) -> di
 
 
 def core_information(core_path, train_meta: pd.DataFrame) -> dict:
-    core = pq.read_table(require(core_path, "zeroshot")).to_pandas().set_index("id")
+    core = read_table(core_path, "zeroshot").to_pandas().set_index("id")
     meta = train_meta.set_index(train_meta["id"].astype(str))
     core = core.loc[meta.index]
     y = core["y"].to_numpy()
@@ -176,7 +176,6 @@ def run_diagnostics(model, transform, *, source, heads, world_cfg, zs_dir, out_j
         "core": lambda: core_information(Path(zs_dir) / "core.parquet", train_meta),
     }
     d = {name: job() for name, job in tqdm(jobs.items(), desc="diagnostics", disable=not progress)}
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_json).write_text(json.dumps(d, indent=2) + "\n")
-    Path(out_md).write_text(to_markdown(d))
+    write_text(out_json, json.dumps(d, indent=2) + "\n")
+    write_text(out_md, to_markdown(d))
     return d

@@ -23,9 +23,10 @@ def run(params: Params, *, base: Path, zeroshot: Path, out_json: Path, out_md: P
 
     if params.data.source != "world":
         note = f"diagnostics skipped: they render the embedded world, and data.source is {params.data.source!r}"
+        from drm.base.atomic import write_text
+
         for path, text in ((out_json, json.dumps({"skipped": note}) + "\n"), (out_md, f"_{note}_\n")):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            write_text(path, text)
         return {"skipped": note}
     source = open_source(params.data, base)
     model, _, eval_tf, _ = load_pretrained(params.model.name, params.model.pretrained, device="cpu", base_dir=base)

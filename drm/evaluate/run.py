@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import torch
-import pyarrow.parquet as pq
 
-from drm.base.errors import ConfigError, DRMError, require
-from drm.base.tables import column_to_tensor
+from drm.base.atomic import atomic_file, write_text
+from drm.base.errors import ConfigError, DRMError
+from drm.base.tables import column_to_tensor, read_table
 from drm.evaluate.config import OOD_MEAN
 from drm.evaluate.metrics import accuracy, dual_probs, macro_f1, per_class_accuracy, worst_group_accuracy
 
@@ -127,10 +127,10 @@ def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv
     if by_val and any(s not in metas for s in cfg.select_splits):
         raise ConfigError(f"evaluate.beta 'val' needs the splits {cfg.select_splits}; "
                           f"this data has {sorted(metas)}")
-    zs = pq.read_table(require(Path(zs_dir) / "logits.parquet", "zeroshot"))
+    zs = read_table(Path(zs_dir) / "logits.parquet", "zeroshot")
     groups: dict[tuple[str, float], list] = {("zeroshot", 0.0): [(-1, zs)]}
     for (method, seed), run_dir in runs.items():
-        table = pq.read_table(require(Path(run_dir) / "predictions.parquet", f"finetune@{method}-{seed}"))
+        table = read_table(Path(run_dir) / "predictions.parquet", f"finetune@{method}-{seed}")
         for alpha in sorted(set(table.column("alpha").to_pylist())):
             groups.setdefault((method, float(alpha)), []).append((seed, _split_filter(table, "alpha", alpha)))
     chosen = {}
@@ -152,9 +152,9 @@ def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv
     if not rows:
         raise DRMError("nothing to evaluate")
     frame = add_ood_mean(pd.DataFrame(rows), [s for s in source.ood_average if s in metas])
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_csv, index=False)
-    Path(out_json).write_text(json.dumps(summary_metrics(frame), indent=2) + "\n")
+    with atomic_file(out_csv) as tmp:
+        frame.to_csv(tmp, index=False)
+    write_text(out_json, json.dumps(summary_metrics(frame), indent=2) + "\n")
     return frame
 
 

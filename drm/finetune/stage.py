@@ -27,8 +27,37 @@ class Params(StageParams):
         return self
 
 
+def tracked_params(params: Params, method: str, seed: int) -> dict:
+    """The resolved values of what dvc.yaml tracks for finetune@{method}-{seed} (defaults
+    filled in): a checkpoint made under other values is not resumed."""
+    return {"seed": seed, "method": method, "methods": {method: params.methods[method].model_dump()},
+            "finetune": params.finetune.model_dump(exclude={"methods"}),
+            "zeroshot": {"templates": list(params.zeroshot.templates)}, "wise": params.wise.model_dump(),
+            "model": params.model.model_dump(), "data": params.data.model_dump()}
+
+
+def checkpoint_folder(params: Params, *, base: Path, method: str, seed: int, folder: Path, zeroshot: Path,
+                      descriptions: Path, script: Path):
+    """The run's Checkpoints (drm.finetune.checkpoint) in folder/<method>-s<seed>."""
+    from drm.base.clip import LOCAL
+    from drm.finetune.checkpoint import Checkpoints, Identity, file_digest, folder_digest
+
+    inputs = {"zeroshot heads": file_digest(zeroshot / "heads.safetensors"),
+              "zeroshot core estimates": file_digest(zeroshot / "core.parquet"),
+              "descriptions": file_digest(descriptions)}
+    if params.model.name.startswith(LOCAL):
+        local = Path(params.model.name[len(LOCAL):])
+        inputs["pre-trained model folder"] = folder_digest(local if local.is_absolute() else base / local)
+    identity = Identity(method=method, loss=params.methods[method].loss, seed=seed,
+                        params=tracked_params(params, method, seed), script=script, inputs=inputs)
+    return Checkpoints(folder / f"{method}-s{seed}", identity, every_steps=params.runtime.checkpoint_steps,
+                       every_minutes=params.runtime.checkpoint_minutes)
+
+
 def run(params: Params, *, base: Path, method: str, seed: int, zeroshot: Path, descriptions: Path, out: Path,
-        progress: bool) -> dict:
+        progress: bool, checkpoints: Path | None = None, script: Path | None = None) -> dict:
+    """checkpoints: the folder of checkpoint folders (None: no checkpoints, no resume);
+    script: the stage script (its import closure is the code a checkpoint must match)."""
     from drm.base.clip import load_pretrained
     from drm.base.errors import ConfigError
     from drm.datasets.registry import open_source
@@ -49,6 +78,11 @@ def run(params: Params, *, base: Path, method: str, seed: int, zeroshot: Path, d
     setup = Setup(pretrained=pretrained, heads=heads, texts=texts, tokenizer=tokenizer, source=source,
                   train_split=next(s for s, r in source.splits.items() if r == "train"), eval_transform=eval_tf,
                   runtime=params.runtime, progress=progress)
+    ckpt = None
+    if checkpoints is not None:
+        ckpt = checkpoint_folder(params, base=base, method=method, seed=seed, folder=checkpoints, zeroshot=zeroshot,
+                                 descriptions=descriptions,
+                                 script=script or Path(__file__).resolve().parents[2] / "stages" / "finetune.py")
     return run_finetune(name=method, method=params.methods[method], seed=seed, setup=setup, train_transform=train_tf,
                         cfg=params.finetune, wise_alphas=params.wise.alphas, zeroshot_dir=zeroshot,
-                        paths=RunPaths(out))
+                        paths=RunPaths(out), checkpoints=ckpt)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from drm.base.atomic import write_text
 from drm.base.clip import build_clip, save_model_folder
 from drm.base.torch_utils import cosine_with_warmup, resolve_device, seed_everything, set_threads
 
@@ -74,13 +74,12 @@ def pretrain(cfg, split, out_dir, image_size: int, *, runtime, progress: bool = 
                 live.log_metric("pretrain/loss", loss.item())
                 live.next_step()
     model.eval().cpu()
-    save_model_folder(model, cfg.arch, out_dir, image_size)
     summary = {"steps": cfg.steps, "final_loss": history[-1]["loss"],
                "logit_scale": float(model.logit_scale.detach().exp()), "n_pairs": n}
     # The model folder holds no timing, so the same training gives the same bytes (and the
-    # same hash in dvc.lock); the time goes to run_info (runs/pretrain/run.json).
-    (Path(out_dir) / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    # same hash in dvc.lock); the time goes to run_info (runs/pretrain/run.json). The folder
+    # appears complete or not at all (built beside it, then renamed).
+    save_model_folder(model, cfg.arch, out_dir, image_size, extra={"pretrain.json": json.dumps(summary, indent=2)})
     if run_info is not None:
-        Path(run_info).parent.mkdir(parents=True, exist_ok=True)
-        Path(run_info).write_text(json.dumps({**summary, "seconds": round(time.time() - t0, 1)}, indent=2))
+        write_text(run_info, json.dumps({**summary, "seconds": round(time.time() - t0, 1)}, indent=2))
     return {**summary, "seconds": round(time.time() - t0, 1)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from drm.base.atomic import atomic_file, write_text
 from drm.base.errors import require
 
 
@@ -116,8 +117,8 @@ def plot_id_ood(frame, head, id_split, ood_split, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or None)
     plt.close(fig)
 
 
@@ -156,7 +157,6 @@ def run_report(metrics_csv, cfg, out_md, out_png, extra_sections: list[str] | No
                   g.reset_index().to_markdown(index=False), ""]
     parts += extra_sections or []
     text = "\n".join(parts)
-    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_md).write_text(text)
+    write_text(out_md, text)
     plot_id_ood(frame, cfg.head, cfg.id_split, cfg.ood_split, out_png)
     return text

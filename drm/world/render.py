@@ -7,12 +7,24 @@ train and ID splits see only `train_styles` (filled), the OOD splits only the ot
 backgrounds independent of the class. This is the "style shift" design of
 shared/WORLD-NOTES.md, where fine-tuning on one style makes the model forget the others.
 
-Everything is a deterministic function of (WorldConfig, split name). Images are rendered on
-a `canvas`-pixel grid, anti-aliased down to `image_size`, and stored as raw uint8 RGB bytes
-in Parquet, one file per split, with one row per sample and its group labels.
+Everything is a deterministic function of (WorldConfig, split name), and the same on every
+machine: rendering uses only IEEE-754 operations that are correctly rounded everywhere
+(+, -, *, /, comparisons, floor) in float64, never sin, cos, arctan2 or exp, whose
+results differ in the last bit between CPUs and math libraries (numpy dispatches them to
+SIMD code chosen per CPU) and then flip pixels on shape boundaries. So shapes are polygons
+with literal vertices, a rotation is drawn as the tangent of its half angle (cos and sin
+are then rational in it), dashes follow a pseudo-angle, stripes a floor parity, and
+anti-aliasing counts covered sub-pixels in integers. world.json records a content
+checksum of every split (`content_sha256`), so two machines can compare worlds without
+comparing Parquet bytes (which also carry the writer's version).
+
+Images are rendered on a `canvas`-pixel grid, anti-aliased down to `image_size`, and stored
+as raw uint8 RGB bytes in Parquet, one file per split, with one row per sample and its
+group labels.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from pathlib import Path
@@ -21,23 +33,25 @@ import numpy as np
 
 from drm.world.config import STYLES
 
-# Shapes as star-shaped polygons: vertices (angle in degrees, radius); None = circle.
-_STAR = [(90 + 36 * k, 1.0 if k % 2 == 0 else 0.42) for k in range(10)]
-_W = 0.32  # half-width of the cross's arms
-_CROSS = []
-for base in (0, 90, 180, 270):
-    a = np.degrees(np.arctan2(_W, 1.0))
-    _CROSS += [(base - a, np.hypot(1, _W)), (base + a, np.hypot(1, _W)), (base + 45, _W * np.sqrt(2))]
-SHAPES: dict[str, list | None] = {
+# Shapes as polygons, star-shaped about the origin: vertices (x, y) with y up, in order of
+# angle; None = circle. Literal decimals, so no trigonometry runs at render time.
+SHAPES: dict[str, list[tuple[float, float]] | None] = {
     "circle": None,
-    "triangle": [(90, 1.0), (210, 1.0), (330, 1.0)],
-    "square": [(45, 1.0), (135, 1.0), (225, 1.0), (315, 1.0)],
-    "diamond": [(0, 0.55), (90, 1.0), (180, 0.55), (270, 1.0)],
-    "star": _STAR,
-    "cross": _CROSS,
-    "arrowhead": [(90, 1.0), (225, 1.0), (270, 0.3), (315, 1.0)],
-    "hourglass": [(55, 1.0), (125, 1.0), (180, 0.22), (235, 1.0), (305, 1.0), (0, 0.22)],
+    "triangle": [(0.0, 1.0), (-0.866025, -0.5), (0.866025, -0.5)],
+    "square": [(0.707107, 0.707107), (-0.707107, 0.707107), (-0.707107, -0.707107), (0.707107, -0.707107)],
+    "diamond": [(0.55, 0.0), (0.0, 1.0), (-0.55, 0.0), (0.0, -1.0)],
+    "star": [(0.951057, 0.309017), (0.24687, 0.339787), (0.0, 1.0), (-0.24687, 0.339787),
+             (-0.951057, 0.309017), (-0.399444, -0.129787), (-0.587785, -0.809017), (0.0, -0.42),
+             (0.587785, -0.809017), (0.399444, -0.129787)],
+    "cross": [(1.0, 0.32), (0.32, 0.32), (0.32, 1.0), (-0.32, 1.0), (-0.32, 0.32), (-1.0, 0.32),
+              (-1.0, -0.32), (-0.32, -0.32), (-0.32, -1.0), (0.32, -1.0), (0.32, -0.32), (1.0, -0.32)],
+    "arrowhead": [(0.0, 1.0), (-0.707107, -0.707107), (0.0, -0.3), (0.707107, -0.707107)],
+    "hourglass": [(0.22, 0.0), (0.573576, 0.819152), (-0.573576, 0.819152), (-0.22, 0.0),
+                  (-0.573576, -0.819152), (0.573576, -0.819152)],
 }
+CIRCLE_RADIUS = 0.85  # the circle's radius in the same units as the polygons' vertices
+# Rotations are drawn as t = tan(angle / 2) in [-MAX_TURN, MAX_TURN] (about +-14 degrees).
+MAX_TURN = 0.125
 
 CORE_TRAITS: dict[str, list[str]] = {
     "circle": ["a smooth round edge", "no corners at all", "a curved outline of constant width"],
@@ -60,31 +74,8 @@ SPLITS = {  # name -> role
     "train": "train", "id_val": "id", "id_test": "id", "ood_val": "ood", "ood_test": "ood",
 }
 _NAME_TEMPLATES = ["a {c}", "a photo of a {c}", "a picture of a {c}", "an image of a {c}", "a drawing of a {c}"]
-_BINS = 1440
 
 
-def _radial_table(vertices) -> np.ndarray:
-    """r(theta) of a star-shaped polygon on _BINS angles (exact straight edges)."""
-    theta = np.linspace(0, 2 * np.pi, _BINS, endpoint=False)
-    if vertices is None:
-        return np.full(_BINS, 0.85)
-    ang = np.radians([a % 360 for a, _ in vertices])
-    rad = np.array([r for _, r in vertices])
-    order = np.argsort(ang)
-    ang, rad = ang[order], rad[order]
-    a1, r1 = ang, rad
-    a2, r2 = np.roll(ang, -1), np.roll(rad, -1)
-    a2 = np.where(a2 <= a1, a2 + 2 * np.pi, a2)
-    out = np.empty(_BINS)
-    for i, t in enumerate(theta):
-        tt = np.where(t < a1, t + 2 * np.pi, t)
-        k = np.nonzero((tt >= a1) & (tt < a2))[0][0]
-        out[i] = r1[k] * r2[k] * np.sin(a2[k] - a1[k]) / (
-            r1[k] * np.sin(tt[k] - a1[k]) + r2[k] * np.sin(a2[k] - tt[k]))
-    return out
-
-
-_TABLES = {name: _radial_table(v) for name, v in SHAPES.items()}
 CLASSNAMES = list(SHAPES)
 
 
@@ -94,70 +85,119 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
 
 def _colours(rng, bg: np.ndarray, contrast: np.ndarray) -> np.ndarray:
     """Object colours at about the given contrast (RMS RGB distance) from each background."""
-    n = len(bg)
-    d = rng.normal(size=(n, 3))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    fg = bg + d * contrast[:, None] * np.sqrt(3)
+    d = rng.normal(size=(len(bg), 3))
+    # The norm written out: a reduction's summation order may depend on the CPU's SIMD width.
+    d /= np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2])[:, None]
+    fg = bg + d * contrast[:, None] * np.sqrt(3.0)
     # Reflect what falls outside [0, 1] back inside: keeps most of the contrast.
     fg = np.abs(fg)
     fg = np.where(fg > 1, 2 - fg, fg)
     return np.clip(fg, 0, 1)
 
 
-def render(shape_idx, style_idx, bg, fg, cx, cy, radius, rot, noise, rng, canvas=64, image_size=32):
+def rotation(turn):
+    """cos and sin of the angle whose half-angle tangent is `turn`: exact rational forms."""
+    t2 = turn * turn
+    return (1 - t2) / (1 + t2), 2 * turn / (1 + t2)
+
+
+def _shape_frame(dx, dy, turn, scale):
+    """Canvas offsets from the centre (y down) -> the shape's own frame (y up, unrotated,
+    vertices at unit size)."""
+    c, s = rotation(np.asarray(turn, np.float64))
+    c, s, k = c[:, None, None], s[:, None, None], np.asarray(scale, np.float64)[:, None, None]
+    px, py = dx, -dy
+    return (px * c + py * s) / k, (py * c - px * s) / k
+
+
+def _outline(qx, qy, vertices, *, distance: bool):
+    """(inside, squared distance to the outline or None) of points in a shape's frame."""
+    if vertices is None:
+        rho2 = qx * qx + qy * qy
+        d2 = (np.sqrt(rho2) - CIRCLE_RADIUS) ** 2 if distance else None
+        return rho2 <= CIRCLE_RADIUS * CIRCLE_RADIUS, d2
+    inside = (qx == 0) & (qy == 0)
+    d2 = np.full(qx.shape, np.inf) if distance else None
+    for (ax, ay), (bx, by) in zip(vertices, vertices[1:] + vertices[:1]):
+        # Inside the fan triangle (origin, a, b): in its angular sector and left of a -> b.
+        sector = (ax * qy - ay * qx >= 0) & (qx * by - qy * bx > 0)
+        ex, ey = bx - ax, by - ay
+        wx, wy = qx - ax, qy - ay
+        inside |= sector & (ex * wy - ey * wx >= 0)
+        if distance:
+            h = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+            d2 = np.minimum(d2, (wx - h * ex) ** 2 + (wy - h * ey) ** 2)
+    return inside, d2
+
+
+def _shapes(shape_idx, dx, dy, turn, scale, *, distance):
+    """Per pixel: inside the shape, and (where `distance`, per image) the squared distance to
+    its outline in canvas pixels (inf elsewhere: the styles that draw no outline skip it)."""
+    inside = np.zeros(dx.shape, bool)
+    d2 = np.full(dx.shape, np.inf)
+    for s, name in enumerate(CLASSNAMES):
+        for dist in (False, True):
+            sel = np.nonzero((shape_idx == s) & (distance == dist))[0]
+            if len(sel):
+                qx, qy = _shape_frame(dx[sel], dy[sel], turn[sel], scale[sel])
+                inside[sel], d2_unit = _outline(qx, qy, SHAPES[name], distance=dist)
+                if dist:
+                    d2[sel] = d2_unit * (np.asarray(scale, np.float64)[sel] ** 2)[:, None, None]
+    return inside, d2
+
+
+def _pseudo_angle(x, y):
+    """A monotone stand-in for the angle of (x, y) (y up): 0 to 4 per turn, one division."""
+    s = np.abs(x) + np.abs(y)
+    r = y / np.where(s == 0, 1.0, s)
+    return np.where(x >= 0, np.where(y >= 0, r, 4 + r), 2 - r)
+
+
+def render(shape_idx, style_idx, bg, fg, cx, cy, radius, turn, noise, rng, canvas=64, image_size=32):
     """Render a batch of images -> uint8 array (n, image_size, image_size, 3).
 
-    cx, cy, radius in canvas pixels; rot in radians; bg, fg RGB in [0, 1]."""
+    cx, cy, radius in canvas pixels; turn = tan(rotation / 2); bg, fg RGB in [0, 1]."""
     n = len(shape_idx)
-    yy, xx = np.mgrid[0:canvas, 0:canvas].astype(np.float32) + 0.5
-    tables = np.stack([_TABLES[c] for c in CLASSNAMES]).astype(np.float32)
-
-    def boundary(dx, dy, rot_, scale, shapes):
-        rho = np.hypot(dx, dy)
-        theta = np.mod(np.arctan2(-dy, dx) - rot_.astype(np.float32)[:, None, None], np.float32(2 * np.pi))
-        b = np.minimum((theta * np.float32(_BINS / (2 * np.pi))).astype(np.int32), _BINS - 1)
-        r = tables[shapes[:, None, None], b] * scale.astype(np.float32)[:, None, None]
-        return rho, r  # inside: rho <= r; signed distance ~ rho - r
-
-    dx = xx[None] - cx.astype(np.float32)[:, None, None]
-    dy = yy[None] - cy.astype(np.float32)[:, None, None]
-    rho, r = boundary(dx, dy, rot, radius, shape_idx)
-    inside = rho <= r
-    dist = rho - r
-    t = np.maximum(1.6, 0.12 * radius)[:, None, None]
-    style = np.asarray(style_idx)[:, None, None]
-    mask = np.zeros((n, canvas, canvas), bool)
+    shape_idx, style = np.asarray(shape_idx), np.asarray(style_idx)
+    turn, radius = np.asarray(turn, np.float64), np.asarray(radius, np.float64)
+    yy, xx = np.mgrid[0:canvas, 0:canvas].astype(np.float64) + 0.5
+    dx = xx[None] - np.asarray(cx, np.float64)[:, None, None]
+    dy = yy[None] - np.asarray(cy, np.float64)[:, None, None]
     st = {s: i for i, s in enumerate(STYLES)}
-    mask |= (style == st["filled"]) & inside
-    mask |= (style == st["inverted"]) & inside
-    mask |= (style == st["outline"]) & (np.abs(dist) <= t)
-    theta_px = np.arctan2(dy, dx)
-    dashes = np.cos(theta_px * 14) > 0.1
-    mask |= (style == st["dashed"]) & (np.abs(dist) <= 1.2 * t) & dashes
-    phi = rng.uniform(0, np.pi, size=n).astype(np.float32)[:, None, None]
-    stripes = np.sin((dx * np.cos(phi) + dy * np.sin(phi)) * 2 * np.pi / 6.0) > 0
-    mask |= (style == st["striped"]) & ((inside & stripes) | (np.abs(dist) <= 1.0))
-    sketch = np.nonzero(np.asarray(style_idx) == st["sketch"])[0]
+    outlined = np.isin(style, [st["outline"], st["dashed"], st["striped"]])
+    inside, d2 = _shapes(shape_idx, dx, dy, turn, radius, distance=outlined)
+    t2 = (np.maximum(1.6, 0.12 * radius) ** 2)[:, None, None]  # outline half-width, squared
+    is_ = {s: (style == i)[:, None, None] for s, i in st.items()}
+    mask = (is_["filled"] | is_["inverted"]) & inside
+    mask |= is_["outline"] & (d2 <= t2)
+    u = _pseudo_angle(dx, -dy) * 3.5  # 14 dashes per turn
+    mask |= is_["dashed"] & (d2 <= 1.44 * t2) & (u - np.floor(u) < 0.468)
+    c, s = rotation(rng.uniform(-1.0, 1.0, size=n))  # stripe direction, any orientation
+    proj = dx * c[:, None, None] + dy * s[:, None, None]
+    stripes = (np.floor(proj / 3.0).astype(np.int64) & 1) == 0  # period 6 canvas pixels
+    mask |= is_["striped"] & ((inside & stripes) | (d2 <= 1.0))
+    sketch = np.nonzero(style == st["sketch"])[0]
     if len(sketch):  # three jittered thin outlines, computed for the sketch images only
         k = len(sketch)
         sk = np.zeros((k, canvas, canvas), bool)
         for _ in range(3):
-            jx = rng.normal(0, 1.2, k).astype(np.float32)[:, None, None]
-            jy = rng.normal(0, 1.2, k).astype(np.float32)[:, None, None]
-            jr = rot[sketch] + rng.normal(0, 0.08, k)
+            jx = rng.normal(0, 1.2, k)[:, None, None]
+            jy = rng.normal(0, 1.2, k)[:, None, None]
+            jt = turn[sketch] + rng.normal(0, 0.04, k)
             js = radius[sketch] * rng.uniform(0.92, 1.06, k)
-            rho_j, r_j = boundary(dx[sketch] - jx, dy[sketch] - jy, jr, js, shape_idx[sketch])
-            sk |= np.abs(rho_j - r_j) <= 1.0
+            _, d2_j = _shapes(shape_idx[sketch], dx[sketch] - jx, dy[sketch] - jy, jt, js,
+                              distance=np.ones(k, bool))
+            sk |= d2_j <= 1.0
         mask[sketch] |= sk
-    inv = (style == st["inverted"])[:, :, :, None]
-    m = mask[..., None]
-    bgc = bg.astype(np.float32)[:, None, None, :]
-    fgc = fg.astype(np.float32)[:, None, None, :]
-    img = np.where(m, fgc, bgc)
-    img = np.where(inv, np.where(m, bgc, fgc), img)  # inverted: object in bg colour on fg canvas
+    # Anti-aliasing as integer coverage counts (an exact sum), then one blend per pixel.
     f = canvas // image_size
-    img = img.reshape(n, image_size, f, image_size, f, 3).mean(axis=(2, 4))
-    img = img + rng.standard_normal(size=img.shape, dtype=np.float32) * noise.astype(np.float32)[:, None, None, None]
+    cover = mask.reshape(n, image_size, f, image_size, f).sum(axis=(2, 4), dtype=np.int64)
+    cover = np.where(style[:, None, None] == st["inverted"], f * f - cover, cover)  # object in bg colour
+    w = cover[..., None].astype(np.float64)
+    bgc = np.asarray(bg, np.float64)[:, None, None, :]
+    fgc = np.asarray(fg, np.float64)[:, None, None, :]
+    img = (fgc * w + bgc * (f * f - w)) / (f * f)
+    img = img + rng.standard_normal(size=img.shape) * np.asarray(noise, np.float64)[:, None, None, None]
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -202,18 +242,18 @@ def _sample_split(cfg, split: str, n: int):
     margin = radius + 2
     cx = rng.uniform(margin, canvas - margin)
     cy = rng.uniform(margin, canvas - margin)
-    rot = rng.uniform(-0.25, 0.25, n)
+    turn = rng.uniform(-MAX_TURN, MAX_TURN, n)
     noise = rng.uniform(*cfg.noise, n)
     bg = colours[bg_idx]
     fg = _colours(rng, bg, contrast)
     attrs = dict(y=y, caption_kind=kind, style=np.array(STYLES)[style], bg=np.array(names)[bg_idx],
                  bg_match=(bg_idx == y % len(names)), clarity=clarity, radius=radius / canvas,
-                 contrast=contrast, rot=rot, noise=noise)
+                 contrast=contrast, turn=turn, noise=noise)
     images = np.empty((n, cfg.image_size, cfg.image_size, 3), np.uint8)
     chunk = 1000
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
-        images[sl] = render(y[sl], style[sl], bg[sl], fg[sl], cx[sl], cy[sl], radius[sl], rot[sl],
+        images[sl] = render(y[sl], style[sl], bg[sl], fg[sl], cx[sl], cy[sl], radius[sl], turn[sl],
                             noise[sl], rng, canvas, cfg.image_size)
     return images, attrs, rng
 
@@ -237,6 +277,25 @@ def captions_for(rng, y, style, kind) -> list[str]:
     return out
 
 
+def content_digest(table) -> str:
+    """sha256 of a split's content (column names, types and values), independent of how the
+    Parquet file encodes it: equal digests mean equal pixels and labels."""
+    import pyarrow as pa
+
+    h = hashlib.sha256()
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        h.update(f"{name}:{col.type};".encode())
+        if pa.types.is_binary(col.type) or pa.types.is_string(col.type):
+            for v in col.to_pylist():
+                b = v if isinstance(v, bytes) else v.encode()
+                h.update(len(b).to_bytes(8, "little") + b)
+        else:
+            values = col.to_numpy(zero_copy_only=False)
+            h.update(values.astype(values.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
+
+
 def generate(cfg, out_dir, progress: bool = True) -> dict:
     """Render every split of the world into out_dir (Parquet per split + world.json)."""
     import pyarrow as pa
@@ -247,6 +306,7 @@ def generate(cfg, out_dir, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sizes = {"pretrain": cfg.n_pretrain, "train": cfg.n_train, "id_val": cfg.n_id_val,
              "id_test": cfg.n_id_test, "ood_val": cfg.n_ood_val, "ood_test": cfg.n_ood_test}
+    digests = {}
     for split in tqdm(sizes, desc="world: render splits", disable=not progress):
         images, attrs, rng = _sample_split(cfg, split, sizes[split])
         n = len(images)
@@ -259,12 +319,15 @@ def generate(cfg, out_dir, progress: bool = True) -> dict:
         if split == "pretrain":
             cols["caption"] = captions_for(rng, attrs["y"], attrs["style"], attrs["caption_kind"])
         table = pa.table(cols)
+        digests[split] = content_digest(table)
         pq.write_table(table, out / f"{split}.parquet")
     meta = {
         "classnames": CLASSNAMES, "core_traits": CORE_TRAITS, "styles": list(STYLES),
         "train_styles": list(cfg.train_styles), "palette": list(PALETTE),
         "splits": SPLITS, "image_size": cfg.image_size,
         "group_columns": ["style", "bg", "bg_match", "clarity"],
+        # Compare these across machines: the Parquet bytes also record pyarrow's version.
+        "content_sha256": digests,
     }
     (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

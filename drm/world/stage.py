@@ -12,7 +12,10 @@ class Params(StageParams):
 
 
 def run(params: Params, *, out: Path, progress: bool) -> dict:
+    """Render into a folder beside `out`, renamed into place once complete (drm.base.atomic)."""
+    from drm.base.atomic import atomic_dir
     from drm.world.render import generate
 
-    meta = generate(params.world, out, progress=progress)
+    with atomic_dir(out) as tmp:
+        meta = generate(params.world, tmp, progress=progress)
     return {"classes": len(meta["classnames"]), "out": str(out)}

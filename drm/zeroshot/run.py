@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from drm.base.clip import encode_split
 from drm.base.errors import DRMError, require
-from drm.base.tables import list_column, logits_table
+from drm.base.atomic import atomic_dir
+from drm.base.tables import list_column, logits_table, unreadable
 from drm.base.torch_utils import resolve_device
 from drm.zeroshot.core import core_estimates
 from drm.zeroshot.heads import ClassTexts, ZeroShotHeads, text_head, zero_shot_logits
@@ -43,6 +44,8 @@ def build_heads(model, tokenizer, *, classnames: list[str], texts: ClassTexts, d
 
 
 def save_heads(out_dir, heads: ZeroShotHeads, report: dict) -> None:
+    """Write heads.safetensors and heads.json into out_dir (run_zeroshot: a folder that is
+    renamed into place once complete)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({"df": heads.df_head.contiguous(), "cd": heads.cd_head.contiguous(),
@@ -51,7 +54,11 @@ def save_heads(out_dir, heads: ZeroShotHeads, report: dict) -> None:
 
 
 def load_heads(zs_dir) -> ZeroShotHeads:
-    h = load_file(str(require(Path(zs_dir) / "heads.safetensors", "zeroshot")))
+    path = require(Path(zs_dir) / "heads.safetensors", "zeroshot")
+    try:
+        h = load_file(str(path))
+    except Exception as e:  # safetensors' own error type for a truncated or corrupt file
+        raise unreadable(path, "zeroshot", e) from None
     return ZeroShotHeads(df_head=h["df"], cd_head=h["cd"], logit_scale=float(h["logit_scale"]))
 
 
@@ -64,7 +71,15 @@ def run_zeroshot(model, tokenizer, transform, *, source, texts: ClassTexts, cfg,
     if truncated:
         print(f"zeroshot: {truncated} prompt(s) longer than the model's context "
               f"({report['context_length']} tokens) were truncated; see heads.json")
-    save_heads(out_dir, heads, report)
+    # Everything is written into a folder beside out_dir, renamed into place once complete.
+    with atomic_dir(out_dir) as out:
+        save_heads(out, heads, report)
+        return _logits_and_core(model, transform, source=source, heads=heads, cfg=cfg, out=out, device=device,
+                                runtime=runtime, progress=progress, truncated=truncated)
+
+
+def _logits_and_core(model, transform, *, source, heads, cfg, out: Path, device, runtime, progress,
+                     truncated: int) -> dict:
     tables, train = [], None
     for split_name in source.splits:
         split = source.load(split_name, transform)
@@ -78,7 +93,6 @@ def run_zeroshot(model, tokenizer, transform, *, source, texts: ClassTexts, cfg,
             train = (split, features, df_logits, cd_logits)
     if train is None:
         raise DRMError("the data source has no split with role 'train': core estimates need one")
-    out = Path(out_dir)
     pq.write_table(pa.concat_tables(tables), out / "logits.parquet")
     split, features, df_logits, cd_logits = train
     y = torch.tensor(split.meta["y"].to_numpy(), dtype=torch.long)
