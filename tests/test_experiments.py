@@ -2,17 +2,13 @@
 metrics are readable by `dvc exp show`, a queued two-value grid runs through `dvc queue start`,
 and pipeline.experiments reads both results back through DVC."""
 import json
-import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.test_pipeline_dvc import _env, _run
+from tests.test_pipeline_dvc import _run, git_project
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -20,24 +16,10 @@ pytestmark = pytest.mark.slow
 def project(tmp_path_factory):
     from tests.conftest import tiny_params_dict
 
-    tmp = tmp_path_factory.mktemp("exps")
-    proj = tmp / "proj"
-    proj.mkdir()
-    for name in ("drm", "stages", "descriptions"):
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
-    shutil.copy(ROOT / ".gitignore", proj / ".gitignore")
     params = tiny_params_dict()
     params["finetune"]["methods"] = ["erm", "drm"]
     params["wise"]["alphas"] = [0.5, 1.0]
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = _env(tmp)
-    _run(["git", "init", "-q"], proj, env)
-    _run(["dvc", "init", "-q"], proj, env)
-    _run(["dvc", "config", "core.analytics", "false"], proj, env)
-    _run(["dvc", "config", "core.check_update", "false"], proj, env)
-    _run(["git", "add", "-A"], proj, env)
-    _run(["git", "commit", "-qm", "tiny project"], proj, env)
+    proj, env = git_project(tmp_path_factory.mktemp("exps"), params, files=("dvc.yaml", ".gitignore"))
     _run(["dvc", "repro"], proj, env)
     _run(["git", "add", "-A"], proj, env)
     _run(["git", "commit", "-qm", "tiny project, reproduced"], proj, env)

@@ -39,17 +39,14 @@ def _ran(out: str) -> set[str]:
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    from tests.conftest import tiny_params_dict
-
-    tmp = tmp_path_factory.mktemp("dvcproj")
+def git_project(tmp: Path, params: dict, files=("dvc.yaml",)):
+    """A committed git + DVC project in tmp/proj with the code, `files` and `params`: (proj, env)."""
     proj = tmp / "proj"
     proj.mkdir()
     for name in ("drm", "stages", "descriptions"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
-    params = tiny_params_dict()
+    for name in files:
+        shutil.copy(ROOT / name, proj / name)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _env(tmp)
     _run(["git", "init", "-q"], proj, env)
@@ -58,6 +55,14 @@ def project(tmp_path_factory):
     _run(["dvc", "config", "core.check_update", "false"], proj, env)
     _run(["git", "add", "-A"], proj, env)
     _run(["git", "commit", "-qm", "tiny project"], proj, env)
+    return proj, env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    from tests.conftest import tiny_params_dict
+
+    proj, env = git_project(tmp_path_factory.mktemp("dvcproj"), tiny_params_dict())
     out = _run(["dvc", "repro"], proj, env)
     return proj, env, out
 
