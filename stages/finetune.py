@@ -19,6 +19,8 @@ def main(argv=None):
     from drm.finetune import stage
 
     params, base, progress = cli.load(args, stage.Params)
+    if cli.relaunch(params.runtime.nproc_per_node, __file__, argv):
+        return "finetune", None  # its workers ran it and printed the summary
     return "finetune", stage.run(params, base=base, method=args.method, seed=args.seed,
                                  zeroshot=base / args.zeroshot, descriptions=base / args.descriptions,
                                  out=base / args.out, progress=progress,

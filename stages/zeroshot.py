@@ -12,6 +12,8 @@ def main(argv=None):
     from drm.zeroshot import stage
 
     params, base, progress = cli.load(args, stage.Params)
+    if cli.relaunch(params.runtime.nproc_per_node, __file__, argv):
+        return "zeroshot", None  # its workers ran it and printed the summary
     return "zeroshot", stage.run(params, base=base, descriptions=base / args.descriptions, out=base / args.out,
                                  progress=progress)
 

@@ -123,3 +123,17 @@ def test_temperature_only_where_it_sharpens_targets():
                       "finetune": {"methods": ["d"]}})
     with pytest.raises(ConfigError, match="no effect with loss 'erm'"):
         parse_params({"methods": {"erm": {"loss": "erm", "temperature": 0.5}}})
+
+
+def test_finetune_stage_tracks_every_finetune_key_that_shapes_a_run():
+    """dvc.yaml lists finetune's keys one by one (finetune.methods must not rerun every run):
+    a new key missing there would leave stale runs after it changes."""
+    from pathlib import Path
+
+    import yaml
+
+    from drm.finetune.config import FinetuneConfig
+
+    stage = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]["finetune"]
+    listed = {p.split(".", 1)[1] for p in stage["params"] if p.startswith("finetune.")}
+    assert listed == set(FinetuneConfig.model_fields) - {"methods"}

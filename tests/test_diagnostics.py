@@ -56,11 +56,16 @@ def test_core_information_groups(tmp_path):
     soft = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
     pq.write_table(pa.table({
         "id": ids, "y": np.array([0, 1, 0, 1], np.int32), "weighted": np.array([1, 0.8, 0.4, 0.2], np.float32),
-        "ratio": np.ones(4, np.float32),
-        "soft": pa.FixedSizeListArray.from_arrays(pa.array(soft.reshape(-1)), 2)}), tmp_path / "core.parquet")
-    meta = pd.DataFrame({"id": ids, "bg_match": [True, True, False, False],
-                         "clarity": ["clear", "clear", "faint", "small"]})
-    out = core_information(tmp_path / "core.parquet", meta)
+        "ratio": np.ones(4, np.float32)}), tmp_path / "core.parquet")
+    from drm.zeroshot.store import RowsFile
+
+    rows = RowsFile(tmp_path / "core_soft.npy", n=4, width=2)
+    rows.append(soft)
+    rows.close()
+    # meta in another order than core.parquet: matched by id
+    meta = pd.DataFrame({"id": ids[::-1], "bg_match": [False, False, True, True],
+                         "clarity": ["small", "faint", "clear", "clear"]})
+    out = core_information(tmp_path, meta)
     assert abs(out["bg_match"]["True"]["weighted"] - 0.9) < 1e-6
     assert abs(out["clear"]["False"]["soft_p_true"] - 0.65) < 1e-6
     assert abs(out["clear_minus_unclear"]["weighted"] - 0.6) < 1e-6

@@ -194,13 +194,21 @@ def test_predict_gives_each_wise_alpha_its_own_heads(clip_and_tokenizer, tmp_pat
 
     class Source:
         splits = {"train": "train", "ood_val": "ood"}
+        classnames = ["a", "b", "c"]
 
         def load(self, name, transform=None):
             meta = pd.DataFrame({"id": [f"{name}{i}" for i in range(6)], "y": y.numpy()})
             return Split(name, self.splits[name], meta, torch.utils.data.TensorDataset(x, y))
 
-    table = predict(model, zeroshot_state=zs_state, source=Source(), transform=None, alphas=[0.5, 1.0],
-                    progress=False).to_pandas()
+    import pyarrow.parquet as pq
+
+    predict(model, zeroshot_state=zs_state, source=Source(), transform=None, alphas=[0.5, 1.0],
+            out_path=tmp_path / "all.parquet", batch_size=4, progress=False)
+    table = pq.read_table(tmp_path / "all.parquet").to_pandas()
+    # one model held at a time (runtime.wise_models_at_once: 1): the same predictions
+    predict(model, zeroshot_state=zs_state, source=Source(), transform=None, alphas=[0.5, 1.0],
+            out_path=tmp_path / "one.parquet", batch_size=4, progress=False, models_at_once=1)
+    assert pq.read_table(tmp_path / "one.parquet").equals(pq.read_table(tmp_path / "all.parquet"))
     with torch.no_grad():
         ft_df = model.eval()(x)[0]
     import numpy as np

@@ -31,6 +31,19 @@ def load(args, schema):
     return params, Path(args.params).resolve().parent, progress
 
 
+def relaunch(nproc_per_node: int, script, argv=None) -> bool:
+    """When runtime.nproc_per_node > 1 and this process is not already a worker: run this
+    stage's command line as that many workers under torch's elastic agent (the single-node
+    `torchrun`, drm.base.distributed.launch_workers), wait for them, and return True (the
+    caller then stops: the workers did the work). Otherwise False: run here."""
+    from drm.base.distributed import launch_workers, launched_by_agent
+
+    if nproc_per_node <= 1 or launched_by_agent():
+        return False
+    launch_workers(nproc_per_node, [str(Path(script).resolve()), *(sys.argv[1:] if argv is None else argv)])
+    return True
+
+
 def message(e: DRMError) -> str:
     """The user's message of a DRMError. One raised in a DataLoader worker comes back wrapped
     in "Caught DRMError in DataLoader worker process N. Original Traceback ...": keep only the
@@ -49,6 +62,10 @@ def run(main) -> None:
         name, summary = main()
         if summary is not None:
             print(f"{name}: {json.dumps(summary) if not isinstance(summary, str) else summary}")
+        if "torch.distributed" in sys.modules:  # a worker of a distributed stage: leave the group cleanly
+            from drm.base.distributed import shutdown
+
+            shutdown()
     except DRMError as e:
         print(f"error: {message(e)}", file=sys.stderr)
         sys.exit(2)

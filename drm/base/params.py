@@ -53,6 +53,13 @@ class RuntimeConfig(Strict):
     # both 0: none), whichever comes first, and at the end of training (docs/resume.md)
     checkpoint_steps: int = Field(50, ge=0)
     checkpoint_minutes: float = Field(10.0, ge=0)
+    # zeroshot and finetune: processes on this node (>1: the stage relaunches itself under
+    # torch's elastic agent, one rank per process and GPU; under torchrun this is ignored)
+    nproc_per_node: int = Field(1, ge=1)
+    grad_checkpointing: bool = False  # finetune: open_clip activation checkpointing (less memory, ~30% slower)
+    # finetune's WiSE-FT predictions: alphas' models held at once (0: all; each pass over a
+    # split feeds every held model, so fewer means less memory and more passes over the data)
+    wise_models_at_once: int = Field(0, ge=0)
 
 
 # Every top-level key params.yaml may have; a stage validates only its own sections, so a

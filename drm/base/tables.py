@@ -47,14 +47,15 @@ def unreadable(path, stage: str, error: Exception) -> DRMError:
                     f"rerun the stage that makes it: `dvc repro {stage}`")
 
 
-def read_table(path, stage: str, columns: list[str] | None = None) -> pa.Table:
+def read_table(path, stage: str, columns: list[str] | None = None, filters=None) -> pa.Table:
     """A Parquet artifact of `stage`: missing -> MissingArtifactError, truncated or corrupt ->
-    a DRMError naming the file and the stage to rerun."""
+    a DRMError naming the file and the stage to rerun. filters: pyarrow's row filters (row
+    groups whose statistics exclude them are not read)."""
     import pyarrow.parquet as pq
 
     path = require(path, stage)
     try:
-        return pq.read_table(path, columns=columns)
+        return pq.read_table(path, columns=columns, filters=filters)
     except (pa.ArrowException, OSError) as e:
         raise unreadable(path, stage, e) from None
 

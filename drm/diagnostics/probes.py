@@ -122,12 +122,17 @@ def swap_sensitivity(encode, transform, heads, world_cfg, n=500, seed=123) -> di
     return out
 
 
-def core_information(core_path, train_meta: pd.DataFrame) -> dict:
-    core = read_table(core_path, "zeroshot").to_pandas().set_index("id")
+def core_information(zs_dir, train_meta: pd.DataFrame) -> dict:
+    from drm.zeroshot.store import CORE, CORE_SOFT, RowsFile
+
+    core = read_table(Path(zs_dir) / CORE, "zeroshot").to_pandas()
+    soft = RowsFile(Path(zs_dir) / CORE_SOFT)
+    core["soft_p_true"] = soft.rows(np.arange(len(core)))[np.arange(len(core)), core["y"].to_numpy()]
+    soft.close()
+    core = core.set_index("id")
     meta = train_meta.set_index(train_meta["id"].astype(str))
     core = core.loc[meta.index]
-    y = core["y"].to_numpy()
-    p_true = np.stack(core["soft"].to_numpy())[np.arange(len(y)), y]
+    p_true = core["soft_p_true"].to_numpy()
     frame = pd.DataFrame({"weighted": core["weighted"].to_numpy(), "soft_p_true": p_true,
                           "ratio": core["ratio"].to_numpy(), "bg_match": meta["bg_match"].to_numpy(),
                           "clear": (meta["clarity"] == "clear").to_numpy()})
@@ -173,7 +178,7 @@ def run_diagnostics(model, transform, *, source, heads, world_cfg, zs_dir, out_j
     jobs = {
         "probe": lambda: probe_core(encode, source, transform),
         "swap": lambda: swap_sensitivity(encode, transform, (heads.df_head, heads.cd_head), world_cfg),
-        "core": lambda: core_information(Path(zs_dir) / "core.parquet", train_meta),
+        "core": lambda: core_information(zs_dir, train_meta),
     }
     d = {name: job() for name, job in tqdm(jobs.items(), desc="diagnostics", disable=not progress)}
     write_text(out_json, json.dumps(d, indent=2) + "\n")

@@ -127,7 +127,11 @@ def run_evaluate(source, zs_dir, runs: dict[tuple[str, int], Path], cfg, out_csv
     if by_val and any(s not in metas for s in cfg.select_splits):
         raise ConfigError(f"evaluate.beta 'val' needs the splits {cfg.select_splits}; "
                           f"this data has {sorted(metas)}")
-    zs = read_table(Path(zs_dir) / "logits.parquet", "zeroshot")
+    # Not the training split's rows: evaluate never uses them, and they are most of the file
+    # (ImageNet: 1.28M x 2 x 1000 float32, 10 GB).
+    train = [s for s, r in source.splits.items() if r == "train"]
+    zs = read_table(Path(zs_dir) / "logits.parquet", "zeroshot",
+                    filters=[("split", "not in", train)] if train else None)
     groups: dict[tuple[str, float], list] = {("zeroshot", 0.0): [(-1, zs)]}
     for (method, seed), run_dir in runs.items():
         table = read_table(Path(run_dir) / "predictions.parquet", f"finetune@{method}-{seed}")

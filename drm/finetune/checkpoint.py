@@ -266,6 +266,11 @@ class Checkpoints:
         self.saved_step = pos["step"]
         return state
 
+    def read(self) -> dict:
+        """The checkpoint's state, unchecked: for the other ranks of a run whose rank 0 has
+        checked it (load) and said to resume."""
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
     def due(self, step: int, total: int) -> bool:
         if not self.enabled:
             return False

@@ -37,6 +37,11 @@ class DualHeadClassifier(nn.Module):
     def after_step(self) -> None:
         """Called after each optimizer step (nothing to constrain here)."""
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """open_clip's activation checkpointing in the image tower (runtime.grad_checkpointing;
+        open_clip's ResNet tower has none and ignores it)."""
+        self.visual.set_grad_checkpointing(enable)
+
 
 class TextTowerClassifier(nn.Module):
     """The whole CLIP (image and text towers, learned logit_scale), for the methods that
@@ -117,10 +122,17 @@ class TextTowerClassifier(nn.Module):
         with torch.no_grad():
             self.clip.logit_scale.clamp_(0, math.log(100))
 
-    def prompt_features(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """FLYP's text side: one random template of its class per image, embedded."""
-        t = torch.randint(self.template_tokens.shape[1], (len(y),), generator=generator).to(y.device)
+    def prompt_features(self, y: torch.Tensor, generator: torch.Generator | None = None, *,
+                        drawn: int | None = None, part: slice = slice(None)) -> torch.Tensor:
+        """FLYP's text side: one random template of its class per image, embedded. drawn: how
+        many choices to draw (the global batch's size; default len(y)), of which `part` are
+        this rank's images."""
+        t = torch.randint(self.template_tokens.shape[1], (drawn or len(y),), generator=generator)[part].to(y.device)
         return self.encode_text(self.template_tokens[y, t])
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """open_clip's activation checkpointing in both towers (runtime.grad_checkpointing)."""
+        self.clip.set_grad_checkpointing(enable)
 
     def train(self, mode: bool = True):
         self._heads = None

@@ -18,11 +18,18 @@ class FinetuneConfig(Strict):
     warmup_steps: int = Field(20, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs CUDA
+    # Gradient accumulation: each optimizer step sums the gradients of accum_steps equal
+    # micro-batches of batch_size / (processes x accum_steps) images. The cross-entropy and
+    # WRM terms are means over images, so the step's gradient is the one of the whole batch;
+    # FLYP's contrastive term is not: each micro-batch's images see only that micro-batch's
+    # texts as negatives (fewer negatives, a different loss), see docs/scale.md.
+    accum_steps: int = Field(1, ge=1)
 
 
 class WiseConfig(Strict):
     # WiSE-FT: predictions for each alpha (1.0 = the fine-tuned model, 0.0 = zero-shot).
     alphas: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    batch_size: int = Field(512, ge=1)  # images per prediction batch
 
     @model_validator(mode="after")
     def _alphas(self):

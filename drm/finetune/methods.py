@@ -17,8 +17,8 @@ params.yaml's `methods`.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Union
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union
 
 import torch
 from pydantic import Field, model_validator
@@ -29,13 +29,26 @@ from drm.finetune import losses
 
 @dataclass
 class Batch:
-    """One training step's inputs: images, labels, the rows of core.parquet for them, and the
-    generator for FLYP's random template choice."""
+    """One training step's inputs: images, labels, the core estimates for them, and the
+    generator for FLYP's random template choice. Under torch.distributed this rank's images
+    are `part` of a global batch of `global_size` (drm.finetune.train.GlobalBatches), and the
+    FLYP term gathers every rank's features (`gather`)."""
 
     images: torch.Tensor
     y: torch.Tensor
     core: dict[str, torch.Tensor]
-    text_generator: torch.Generator
+    text_generator: torch.Generator | None
+    world: Any = None  # drm.base.distributed.World; None: one process
+    global_size: int | None = None  # None: len(y)
+    part: slice = field(default_factory=lambda: slice(None))
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of t in global-batch order, gradients flowing back (one process: t)."""
+        if self.world is None or not self.world.distributed:
+            return t
+        from drm.base.distributed import all_gather_rows, all_gather_with_grad
+
+        return all_gather_with_grad(t, self.world) if t.is_floating_point() else all_gather_rows(t, self.world)
 
 
 @dataclass
@@ -76,6 +89,12 @@ class Method(Strict):
     def trains_text_tower(self) -> bool:
         return False
 
+    @property
+    def leaves_parameters_unused(self) -> bool:
+        """Whether the loss leaves some of the model's parameters out (the cd head of a
+        dual-head method that uses only the df logits): DDP must then look for them."""
+        return not self.trains_text_tower
+
     def learning_rate(self, base_lr: float) -> float:
         return base_lr * self.lr_scale
 
@@ -106,6 +125,16 @@ def register(cls: type[Method]) -> type[Method]:
 def _dual_head_logits(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     df_logits, cd_logits = model(batch.images)
     return df_logits.float(), cd_logits.float()
+
+
+def flyp_term(model, batch: Batch, features: torch.Tensor) -> torch.Tensor:
+    """FLYP's contrastive loss over the global batch: one prompt per image (its class, a
+    random template, drawn for the global batch so every rank draws what one process draws),
+    every rank's image and text features gathered. Each rank's copy of this loss is the
+    global one; DDP's average of the gradients is then exactly the one-process gradient."""
+    text = model.prompt_features(batch.y, batch.text_generator, drawn=batch.global_size, part=batch.part)
+    return losses.flyp_contrastive(batch.gather(features), batch.gather(text), batch.gather(batch.y),
+                                   model.logit_scale)
 
 
 @register
@@ -164,6 +193,10 @@ class DRM(Method):
     def trains_text_tower(self) -> bool:
         return self.erm_term == "flyp"
 
+    @property
+    def leaves_parameters_unused(self) -> bool:
+        return False  # both heads (or the whole CLIP) are in its loss
+
     def wrm(self, cd_logits, batch):
         return losses.wrm_loss(cd_logits, batch.y, batch.core, estimator=self.estimator,
                                temperature=self.temperature)
@@ -171,9 +204,7 @@ class DRM(Method):
     def batch_loss(self, model, batch):
         if self.erm_term == "flyp":
             features = model.features(batch.images)
-            erm = losses.flyp_contrastive(features, model.prompt_features(batch.y, batch.text_generator),
-                                          batch.y, model.logit_scale)
-            return erm + self.lam * self.wrm(model.cd_logits(features), batch)
+            return flyp_term(model, batch, features) + self.lam * self.wrm(model.cd_logits(features), batch)
         df_logits, cd_logits = _dual_head_logits(model, batch)
         return losses.erm_loss(df_logits, batch.y) + self.lam * self.wrm(cd_logits, batch)
 
@@ -187,9 +218,7 @@ class FLYP(Method):
         return True
 
     def batch_loss(self, model, batch):
-        features = model.features(batch.images)
-        return losses.flyp_contrastive(features, model.prompt_features(batch.y, batch.text_generator),
-                                       batch.y, model.logit_scale)
+        return flyp_term(model, batch, model.features(batch.images))
 
 
 # The params.yaml type of one entry under `methods`: the class whose `loss` matches.

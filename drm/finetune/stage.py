@@ -44,6 +44,8 @@ def checkpoint_folder(params: Params, *, base: Path, method: str, seed: int, fol
 
     inputs = {"zeroshot heads": file_digest(zeroshot / "heads.safetensors"),
               "zeroshot core estimates": file_digest(zeroshot / "core.parquet"),
+              "zeroshot soft targets": file_digest(zeroshot / "core_soft.npy"),
+              "zeroshot df targets": file_digest(zeroshot / "df_soft.npy"),
               "descriptions": file_digest(descriptions)}
     if params.model.name.startswith(LOCAL):
         local = Path(params.model.name[len(LOCAL):])
@@ -84,5 +86,5 @@ def run(params: Params, *, base: Path, method: str, seed: int, zeroshot: Path, d
                                  descriptions=descriptions,
                                  script=script or Path(__file__).resolve().parents[2] / "stages" / "finetune.py")
     return run_finetune(name=method, method=params.methods[method], seed=seed, setup=setup, train_transform=train_tf,
-                        cfg=params.finetune, wise_alphas=params.wise.alphas, zeroshot_dir=zeroshot,
+                        cfg=params.finetune, wise=params.wise, zeroshot_dir=zeroshot,
                         paths=RunPaths(out), checkpoints=ckpt)

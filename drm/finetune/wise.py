@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import copy
 
-import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from drm.base.tables import logits_table
 
@@ -21,35 +18,62 @@ def wise_state(zeroshot: dict, finetuned: dict, alpha: float) -> dict:
     return out
 
 
-def predict(model, *, zeroshot_state: dict, source, transform, alphas, batch_size=512, device="cpu",
-            num_workers=0, progress=True) -> pa.Table:
-    """df/cd logits of the WiSE-FT(alpha) models on every non-training split.
+def predict(model, *, zeroshot_state: dict, source, transform, alphas, out_path, batch_size=512, device="cpu",
+            num_workers=0, progress=True, models_at_once: int = 0, world=None) -> None:
+    """df/cd logits of the WiSE-FT(alpha) models on every non-training split, streamed into
+    the Parquet file out_path (rank 0) as split x alpha tables.
 
     alpha 0 is the zero-shot model, whose logits the zeroshot stage already has: skipped
-    here (evaluate takes them from there). Each image is decoded once and fed to every
-    alpha's model."""
+    here (evaluate takes them from there). Each image is decoded once per pass and fed to
+    every model held (models_at_once alphas per pass; 0: all). Under torch.distributed each
+    rank predicts its share of the batches (drm.base.distributed.map_batches) and rank 0
+    writes, so the file is the one a single process writes."""
+    from contextlib import nullcontext
+
+    from drm.base.atomic import atomic_file
+    from drm.base.distributed import World, map_batches
+    from drm.zeroshot.store import ParquetStream
+
+    world = world or World()
     finetuned = copy.deepcopy(model.state_dict())
     alphas = [float(a) for a in alphas if a > 0]
-    models = []
-    for alpha in alphas:
-        m = copy.deepcopy(model)
-        m.load_state_dict(wise_state(zeroshot_state, finetuned, alpha))
-        models.append(m.to(device).eval())
-    tables = []
-    for name, role in source.splits.items():
-        if role == "train":
-            continue
-        split = source.load(name, transform)
-        loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        outs = [([], []) for _ in models]
-        with torch.no_grad():
-            for x, _ in tqdm(loader, desc=f"predict: {name} x {len(models)} alphas", disable=not progress,
-                             leave=False):
-                x = x.to(device)
-                for m, (dfs, cds) in zip(models, outs):
-                    df_logits, cd_logits = m(x)
-                    dfs.append(df_logits.float().cpu())
-                    cds.append(cd_logits.float().cpu())
-        for alpha, (dfs, cds) in zip(alphas, outs):
-            tables.append(logits_table(name, split.meta, torch.cat(dfs), torch.cat(cds), alpha=alpha))
-    return pa.concat_tables(tables)
+    at_once = models_at_once or len(alphas)
+    n_classes = len(source.classnames)
+    with atomic_file(out_path) if world.is_main else nullcontext() as tmp:
+        # a row: split and id strings (~64 B), y, alpha, two C-wide float32 logit vectors
+        stream = ParquetStream(tmp, row_bytes=72 + 8 * n_classes) if world.is_main else None
+        for first in range(0, len(alphas), at_once):
+            group = alphas[first:first + at_once]
+            models = [_wise_model(model, zeroshot_state, finetuned, alpha).to(device) for alpha in group]
+
+            def logits(x):  # every held model's df and cd logits side by side
+                return torch.cat([torch.cat([df.float(), cd.float()], 1) for df, cd in (m(x) for m in models)], 1)
+
+            for name, role in source.splits.items():
+                if role == "train":
+                    continue
+                split = source.load(name, transform)
+                outs = [([], []) for _ in models]
+                with torch.no_grad():
+                    for rows in map_batches(logits, split.dataset, batch_size=batch_size,
+                                            width=2 * n_classes * len(models), world=world, device=device,
+                                            num_workers=num_workers, progress=progress,
+                                            desc=f"predict: {name} x {len(models)} alphas"):
+                        if not world.is_main:
+                            continue
+                        rows = rows.cpu()
+                        for k, (dfs, cds) in enumerate(outs):
+                            dfs.append(rows[:, 2 * n_classes * k: 2 * n_classes * k + n_classes])
+                            cds.append(rows[:, 2 * n_classes * k + n_classes: 2 * n_classes * (k + 1)])
+                if world.is_main:
+                    for alpha, (dfs, cds) in zip(group, outs):
+                        stream.append(logits_table(name, split.meta, torch.cat(dfs), torch.cat(cds), alpha=alpha))
+            del models
+        if world.is_main:
+            stream.close()
+
+
+def _wise_model(model, zeroshot_state: dict, finetuned: dict, alpha: float):
+    m = copy.deepcopy(model)
+    m.load_state_dict(wise_state(zeroshot_state, finetuned, alpha))
+    return m.eval()

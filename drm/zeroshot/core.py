@@ -14,10 +14,19 @@ import torch
 import torch.nn.functional as F
 
 
+def affinity(features: torch.Tensor, cd_head: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """a(x, y) = cos(image x, cd text of y), per sample (computed batch by batch)."""
+    return (F.normalize(features, dim=-1) * cd_head[y]).sum(-1)
+
+
 def affinity_weights(features: torch.Tensor, cd_head: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Affinity-normalised true-label weights in [0, 1] (features, head rows: unit vectors)."""
-    a = (F.normalize(features, dim=-1) * cd_head[y]).sum(-1)
-    C = cd_head.shape[0]
+    return normalise_affinity(affinity(features, cd_head, y), y, cd_head.shape[0])
+
+
+def normalise_affinity(a: torch.Tensor, y: torch.Tensor, C: int) -> torch.Tensor:
+    """a(x, y) / max over training images x' of class y of a(x', y), clamped to [0, 1]: needs
+    every training image's affinity, so it runs once they are all computed."""
     best = torch.full((C,), float("-inf")).scatter_reduce(0, y, a, reduce="amax")
     denom = best[y]
     w = torch.where(denom > 0, a / denom, torch.zeros_like(a))

@@ -4,7 +4,9 @@ Artifacts (out_dir):
 - heads.safetensors: df [C, D], cd [C, D] (unit rows), logit_scale (scalar, exp'd).
 - heads.json: classnames, number of texts per class per head, truncated texts per class.
 - logits.parquet: split, id, y, df (float32[C]), cd (float32[C]) for every sample of every split.
-- core.parquet (training split): id, y, weighted, ratio (float32), soft, df_soft (float32[C]).
+- core.parquet (training split): id, y, weighted, ratio (float32); core_soft.npy and
+  df_soft.npy: the C-wide soft targets, [N, C] float32 in core.parquet's row order
+  (drm.zeroshot.store: written and read batch by batch).
 """
 from __future__ import annotations
 
@@ -17,12 +19,10 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from drm.base.clip import encode_split
 from drm.base.errors import DRMError, require
 from drm.base.atomic import atomic_dir
-from drm.base.tables import list_column, logits_table, unreadable
+from drm.base.tables import logits_table, unreadable
 from drm.base.torch_utils import resolve_device
-from drm.zeroshot.core import core_estimates
 from drm.zeroshot.heads import ClassTexts, ZeroShotHeads, text_head, zero_shot_logits
 
 
@@ -63,55 +63,107 @@ def load_heads(zs_dir) -> ZeroShotHeads:
 
 
 def run_zeroshot(model, tokenizer, transform, *, source, texts: ClassTexts, cfg, out_dir, runtime,
-                 progress=True) -> dict:
+                 progress=True) -> dict | None:
+    """Heads, logits and core estimates. Under torch.distributed every rank encodes its share of
+    each split's batches (drm.base.distributed.map_batches) and rank 0 writes every file,
+    streamed batch by batch: the files are those one process writes. Returns the summary
+    (None on the other ranks)."""
+    from drm.base import distributed
+
     classnames = source.classnames
-    device = str(resolve_device(runtime.device))
-    heads, report = build_heads(model, tokenizer, classnames=classnames, texts=texts, device=device)
+    world, device = distributed.init(resolve_device(runtime.device))
+    model.to(device)
+    heads, report = build_heads(model, tokenizer, classnames=classnames, texts=texts, device=str(device))
     truncated = sum(report["cd"]["truncated"].values()) + sum(report["df"]["truncated"].values())
-    if truncated:
+    if truncated and world.is_main:
         print(f"zeroshot: {truncated} prompt(s) longer than the model's context "
               f"({report['context_length']} tokens) were truncated; see heads.json")
+    if not world.is_main:
+        _logits_and_core(model, transform, source=source, heads=heads, cfg=cfg, out=None, device=device,
+                         runtime=runtime, progress=False, truncated=truncated, world=world)
+        distributed.barrier(world)
+        return None
     # Everything is written into a folder beside out_dir, renamed into place once complete.
     with atomic_dir(out_dir) as out:
         save_heads(out, heads, report)
-        return _logits_and_core(model, transform, source=source, heads=heads, cfg=cfg, out=out, device=device,
-                                runtime=runtime, progress=progress, truncated=truncated)
+        summary = _logits_and_core(model, transform, source=source, heads=heads, cfg=cfg, out=out, device=device,
+                                   runtime=runtime, progress=progress, truncated=truncated, world=world)
+    distributed.barrier(world)
+    return summary
 
 
-def _logits_and_core(model, transform, *, source, heads, cfg, out: Path, device, runtime, progress,
-                     truncated: int) -> dict:
-    tables, train = [], None
-    for split_name in source.splits:
-        split = source.load(split_name, transform)
-        features = encode_split(model.encode_image, split, batch_size=cfg.batch_size, device=device,
-                                num_workers=runtime.num_workers, progress=progress,
-                                desc=f"zeroshot: encode {split_name}")
-        df_logits = zero_shot_logits(features, heads.df_head, heads.logit_scale)
-        cd_logits = zero_shot_logits(features, heads.cd_head, heads.logit_scale)
-        tables.append(logits_table(split_name, split.meta, df_logits, cd_logits))
-        if split.role == "train":
-            train = (split, features, df_logits, cd_logits)
-    if train is None:
+def _logits_and_core(model, transform, *, source, heads, cfg, out: Path | None, device, runtime, progress,
+                     truncated: int, world) -> dict | None:
+    """Stream every split's logits into logits.parquet and the training split's core
+    estimates into core.parquet, core_soft.npy and df_soft.npy (out None: a rank other than
+    0, which only computes its share)."""
+    from drm.base.distributed import map_batches
+    from drm.zeroshot.core import affinity, normalise_affinity, ratio_weights, soft_targets
+    from drm.zeroshot.store import CORE, CORE_SOFT, DF_SOFT, ParquetStream, RowsFile
+
+    if not any(role == "train" for role in source.splits.values()):
         raise DRMError("the data source has no split with role 'train': core estimates need one")
-    pq.write_table(pa.concat_tables(tables), out / "logits.parquet")
-    split, features, df_logits, cd_logits = train
-    y = torch.tensor(split.meta["y"].to_numpy(), dtype=torch.long)
-    est = core_estimates(features, heads.cd_head, df_logits, cd_logits, y, cfg.ratio_clip)
-    core = pa.table({
-        "id": pa.array(split.meta["id"].astype(str).tolist()),
-        "y": pa.array(y.numpy().astype(np.int32)),
-        "weighted": pa.array(est["weighted"].numpy().astype(np.float32)),
-        "ratio": pa.array(est["ratio"].numpy().astype(np.float32)),
-        "soft": list_column(est["soft"]),
-        "df_soft": list_column(est["df_soft"]),
-    })
-    pq.write_table(core, out / "core.parquet")
-    summary = {
-        "n_train": len(y),
-        "weighted_mean": float(est["weighted"].mean()),
-        "ratio_mean": float(est["ratio"].mean()),
-        "soft_true_label_mean": float(est["soft"].gather(1, y[:, None]).mean()),
-        "truncated_prompts": truncated,
-    }
+    n_classes, width = heads.df_head.shape
+    encode = lambda x: torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)  # noqa: E731
+    # a row: split and id strings (~64 B), y, two C-wide float32 logit vectors
+    logits = ParquetStream(out / "logits.parquet", row_bytes=64 + 8 * n_classes) if out is not None else None
+    summary = None
+    with torch.no_grad():
+        for split_name in source.splits:
+            split = source.load(split_name, transform)
+            is_train = split.role == "train"
+            n = len(split.dataset)
+            if is_train and out is not None:
+                soft_file = RowsFile(out / CORE_SOFT, n=n, width=n_classes)
+                df_soft_file = RowsFile(out / DF_SOFT, n=n, width=n_classes)
+                parts = {"affinity": [], "ratio": [], "soft_true": []}
+            pos = 0
+            for features in map_batches(encode, split.dataset, batch_size=cfg.batch_size, width=width, world=world,
+                                        device=device, num_workers=runtime.num_workers, progress=progress,
+                                        desc=f"zeroshot: encode {split_name}"):
+                if out is None:
+                    continue
+                features = features.cpu()
+                meta = split.meta.iloc[pos:pos + len(features)]
+                pos += len(features)
+                df_logits = zero_shot_logits(features, heads.df_head, heads.logit_scale)
+                cd_logits = zero_shot_logits(features, heads.cd_head, heads.logit_scale)
+                logits.append(logits_table(split_name, meta, df_logits, cd_logits))
+                if is_train:
+                    y = torch.tensor(meta["y"].to_numpy(), dtype=torch.long)
+                    soft = soft_targets(cd_logits)
+                    soft_file.append(soft.numpy())
+                    df_soft_file.append(df_logits.float().softmax(-1).numpy())
+                    parts["affinity"].append(affinity(features, heads.cd_head, y))
+                    parts["ratio"].append(ratio_weights(cd_logits, df_logits, y, cfg.ratio_clip))
+                    parts["soft_true"].append(soft.gather(1, y[:, None]))
+            if is_train and out is not None:
+                soft_file.close()
+                df_soft_file.close()
+                summary = _write_core(out / CORE, split=split, parts=parts, n_classes=n_classes, truncated=truncated,
+                                      normalise=normalise_affinity)
+    if out is None:
+        return None
+    logits.close()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _write_core(path: Path, *, split, parts: dict, n_classes: int, truncated: int, normalise) -> dict:
+    """core.parquet (id, y, weighted, ratio) and the stage's summary."""
+    y = torch.tensor(split.meta["y"].to_numpy(), dtype=torch.long)
+    weighted = normalise(torch.cat(parts["affinity"]), y, n_classes)
+    ratio = torch.cat(parts["ratio"])
+    pq.write_table(pa.table({
+        "id": pa.array(split.meta["id"].astype(str).tolist()),
+        "y": pa.array(y.numpy().astype(np.int32)),
+        "weighted": pa.array(weighted.numpy().astype(np.float32)),
+        "ratio": pa.array(ratio.numpy().astype(np.float32)),
+    }), path)
+    return {
+        "n_train": len(y),
+        "weighted_mean": float(weighted.mean()),
+        "ratio_mean": float(ratio.mean()),
+        "soft_true_label_mean": float(torch.cat(parts["soft_true"]).mean()),
+        "truncated_prompts": truncated,
+    }
