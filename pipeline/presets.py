@@ -151,8 +151,13 @@ def main(argv=None) -> int:
             from drm.base.clip import fetch_model
             from drm.base.params import ModelConfig, read_yaml
 
+            from pydantic import ValidationError
+
             raw = load(args.preset) if args.preset else read_yaml(args.params)
-            model = ModelConfig(**raw.get("model", {}))
+            try:
+                model = ModelConfig(**(raw.get("model") or {}))
+            except ValidationError as e:
+                raise DRMError(f"{args.params}: model: {e.errors()[0]['msg']}") from None
             if not model.hub:
                 raise DRMError(f"model.name is {model.name}: a local folder, nothing to fetch")
             out = fetch_model(model.name, model.pretrained, ROOT / model.weights)

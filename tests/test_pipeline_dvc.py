@@ -35,8 +35,8 @@ def _run(args, cwd, env):
 
 
 def _ran(out: str) -> set[str]:
-    """Stage names that `dvc repro` ran (not skipped)."""
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    """Stage names that `dvc repro` ran (not skipped); embedded/dvc.yaml:world is world."""
+    return {line.split("'")[1].split(":")[-1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
 def git_project(tmp: Path, params: dict, files=("dvc.yaml", "embedded/dvc.yaml")):

@@ -95,7 +95,7 @@ def load_pretrained(name: str, pretrained: str | None = None, *, device: str = "
             raise
         from drm.base.atomic import shown
 
-        fix = "replace the weights with a good copy" if own else "rerun the stage that makes it: `dvc repro pretrain`"
+        fix = "replace the weights with a good copy" if own else "rerun the stage that makes it: `dvc repro embedded/dvc.yaml:pretrain`"
         raise DRMError(f"the weights in model folder {shown(folder)} are unreadable ({e}): the file is truncated or "
                        f"corrupt; {fix}") from None
     tokenizer = open_clip.get_tokenizer(name)
