@@ -57,6 +57,7 @@ from drm.base.errors import ConfigError, DRMError
 
 RUNNERS = ("sequential", "process", "dask")
 CONCURRENT = ("finetune",)  # the dvc.yaml stages whose matrix entries run concurrently
+PIPELINE_FILE = "dvc.yaml"  # the pipeline `dvc repro` runs (with the upstream stages of other files)
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,21 @@ def _repo(project: str):
 
 
 def load_stages(project: str) -> list[Stage]:
-    """dvc.yaml's stages in dependency order, as DVC resolves them (vars, params, matrix)."""
+    """The stages `dvc repro` runs, in dependency order, as DVC resolves them (vars, params,
+    matrix): every stage of the project's dvc.yaml and the stages of other dvc.yaml files
+    (embedded/dvc.yaml) whose outputs those read. So the embedded world and pre-training run
+    only when data.root / model.weights are their outputs, as under `dvc repro`."""
     import networkx as nx
 
     with _lock:
         repo = _repo(project)
         graph = repo.index.graph
-        order = list(nx.topological_sort(graph.reverse()))
+        root = [s for s in graph
+                if os.path.normpath(os.path.relpath(s.dvcfile.path, repo.root_dir)) == PIPELINE_FILE]
+        wanted = set(root)
+        for s in root:  # edges point from a stage to the stages it depends on
+            wanted |= nx.descendants(graph, s)
+        order = [s for s in nx.topological_sort(graph.reverse()) if s in wanted]
         out = []
         for s in order:
             cmd = shlex.split(s.cmd if isinstance(s.cmd, str) else " ".join(s.cmd))
@@ -102,7 +111,7 @@ def load_stages(project: str) -> list[Stage]:
             out.append(Stage(name=s.name, script=cmd[1], argv=tuple(cmd[2:]),
                              deps=tuple(d.def_path for d in s.deps if not _is_params(d)),
                              outs=tuple(o.def_path for o in s.outs),
-                             upstream=tuple(u.name for u in graph.successors(s))))
+                             upstream=tuple(u.name for u in graph.successors(s) if u in wanted)))
         return out
 
 

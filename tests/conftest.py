@@ -40,7 +40,7 @@ def tiny_params():
 
 
 def make_project(path, params: dict, code: bool = False):
-    """A project folder the pipeline runs in: dvc.yaml, the stage scripts, params.yaml (as
+    """A project folder the pipeline runs in: dvc.yaml (and embedded/dvc.yaml), the stage scripts, params.yaml (as
     given) and an initialised DVC repo without git; with `code`, a copy of drm/ too (so the
     code dependencies hash as in the repository). Returns its path."""
     import shutil
@@ -54,6 +54,8 @@ def make_project(path, params: dict, code: bool = False):
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(root / "dvc.yaml", path / "dvc.yaml")
+    (path / "embedded").mkdir(exist_ok=True)
+    shutil.copy(root / "embedded" / "dvc.yaml", path / "embedded" / "dvc.yaml")
     shutil.copytree(root / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"),
                     dirs_exist_ok=True)
     if code:

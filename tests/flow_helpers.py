@@ -19,12 +19,21 @@ UPSTREAM = ("world", "pretrain", "describe", "zeroshot")
 
 
 def keep_stages(project, names) -> None:
-    """Rewrite the project's dvc.yaml with only the named stages (a smaller pipeline)."""
+    """Rewrite the project's pipeline as one dvc.yaml with only the named stages (a smaller
+    pipeline): those of embedded/dvc.yaml move into it (their wdir and vars with them)."""
     path = Path(project) / "dvc.yaml"
     spec = yaml.safe_load(path.read_text())
-    missing = set(names) - set(spec["stages"])
-    assert not missing, f"dvc.yaml has no stages {missing}"
-    spec["stages"] = {k: v for k, v in spec["stages"].items() if k in names}
+    stages = dict(spec["stages"])
+    embedded = Path(project) / "embedded" / "dvc.yaml"
+    if embedded.exists():
+        other = yaml.safe_load(embedded.read_text())
+        for name, body in other["stages"].items():
+            stages[name] = {k: v for k, v in body.items() if k != "wdir"}
+        spec["vars"][0]["paths"].update(other["vars"][0]["paths"])
+        embedded.unlink()
+    missing = set(names) - set(stages)
+    assert not missing, f"the pipeline has no stages {missing}"
+    spec["stages"] = {k: v for k, v in stages.items() if k in names}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 

@@ -59,8 +59,18 @@ def covered(path: str, deps: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
+# The pipeline files: dvc.yaml and the embedded default's own (world, pretrain).
+PIPELINE_FILES = ("dvc.yaml", "embedded/dvc.yaml")
+
+
 def dvc_stages(root: Path = ROOT) -> dict[str, dict]:
-    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    """Every stage of every pipeline file (names are unique across them)."""
+    stages = {}
+    for name in PIPELINE_FILES:
+        for stage, body in yaml.safe_load((root / name).read_text())["stages"].items():
+            assert stage not in stages, f"stage {stage!r} is in two pipeline files"
+            stages[stage] = body
+    return stages
 
 
 def stage_script(stage: dict) -> str:
@@ -122,3 +132,17 @@ def test_stage_params_are_the_sections_its_schema_tracks(name):
     """What DVC tracks for a stage = the sections the stage's results depend on."""
     listed = {p.split(".")[0] for p in dvc_stages()[name].get("params", [])}
     assert listed == set(_stage_schema(name).tracked()), name
+
+
+def test_embedded_stages_run_from_the_project_root():
+    """embedded/dvc.yaml's stages run in the root (wdir ..): the same paths, commands and
+    params.yaml as dvc.yaml's, so `dvc repro` links their outputs to the root's deps."""
+    embedded = yaml.safe_load((ROOT / "embedded/dvc.yaml").read_text())["stages"]
+    assert set(embedded) == {"world", "pretrain"}
+    assert all(stage.get("wdir") == ".." for stage in embedded.values())
+    root = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("zeroshot", "finetune", "diagnostics"):  # the model dependency follows model.weights
+        assert "${model.weights}" in root[name]["deps"], name
+    # no root stage names the embedded outputs directly: they are reached only through params
+    listed = yaml.safe_dump(root)
+    assert "models/pretrained" not in listed and "data/world" not in listed

@@ -19,7 +19,7 @@ def project(tmp_path_factory):
     params = tiny_params_dict()
     params["finetune"]["methods"] = ["erm", "drm"]
     params["wise"]["alphas"] = [0.5, 1.0]
-    proj, env = git_project(tmp_path_factory.mktemp("exps"), params, files=("dvc.yaml", ".gitignore"))
+    proj, env = git_project(tmp_path_factory.mktemp("exps"), params, files=("dvc.yaml", "embedded/dvc.yaml", ".gitignore"))
     _run(["dvc", "repro"], proj, env)
     _run(["git", "add", "-A"], proj, env)
     _run(["git", "commit", "-qm", "tiny project, reproduced"], proj, env)

@@ -49,7 +49,7 @@ def test_killed_stages_are_seen_as_changed_and_rerun(zeroshot_project, tmp_path)
     killed.append(_killed_repro(["-f", "-s", "zeroshot"], "zeroshot", proj, env, tmp_path))
     assert not (proj / "data/zeroshot").exists()
     # pretrain killed while publishing the model folder: no model folder at all
-    killed.append(_killed_repro(["-f", "-s", "pretrain"], "pretrained", proj, env, tmp_path))
+    killed.append(_killed_repro(["-f", "-s", "embedded/dvc.yaml:pretrain"], "pretrained", proj, env, tmp_path))
     assert not (proj / "models/pretrained").exists()
     status = _dvc(["status"], proj, env)
     assert "pretrain:" in status and "zeroshot:" in status, status
@@ -266,7 +266,7 @@ def test_truncated_world_split_and_model_weights_name_the_stage(tmp_path):
     data = (world / "train.parquet").read_bytes()
     (world / "train.parquet").write_bytes(data[: len(data) // 2])
     with pytest.raises(DRMError, match=r"split 'train' of data.root .*world cannot be read .*truncated or corrupt; "
-                                       r"for the embedded world rerun the stage that makes it: `dvc repro world`"):
+                                       r"for the embedded world rerun the stage that makes it: `dvc repro embedded/dvc.yaml:world`"):
         WorldSource.open(world).load("train")
 
     folder = save_model_folder(build_clip(PretrainConfig().arch), PretrainConfig().arch, tmp_path / "models/pretrained",
@@ -274,5 +274,5 @@ def test_truncated_world_split_and_model_weights_name_the_stage(tmp_path):
     weights = folder / "open_clip_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(DRMError, match=r"the weights in model folder .*models/pretrained are unreadable .*: the file "
-                                       r"is truncated or corrupt; rerun the stage that makes it: `dvc repro pretrain`"):
+                                       r"is truncated or corrupt; rerun the stage that makes it: `dvc repro embedded/dvc.yaml:pretrain`"):
         load_pretrained("local-dir:models/pretrained", base_dir=tmp_path)

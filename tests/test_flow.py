@@ -236,7 +236,7 @@ def test_new_images_rerun_zeroshot_and_what_follows(finetuned, tmp_path):
     (proj / "descriptions/colours.json").write_text(json.dumps(
         {c: [f"a {c} square", f"a patch of {c} colour"] for c in IMAGE_CLASSES}))
     image_folder(proj / "images")
-    for out in ("data/world", "models/pretrained", "runs/pretrain"):  # the same world: cache hits
+    for out in ("data/world", "models/pretrained", "models/pretrain-run"):  # the same world: cache hits
         shutil.copytree(ref / out, proj / out)
 
     first = drm_pipeline(str(proj))

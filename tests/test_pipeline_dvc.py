@@ -35,17 +35,18 @@ def _run(args, cwd, env):
 
 
 def _ran(out: str) -> set[str]:
-    """Stage names that `dvc repro` ran (not skipped)."""
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    """Stage names that `dvc repro` ran (not skipped); embedded/dvc.yaml:world is world."""
+    return {line.split("'")[1].split(":")[-1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
-def git_project(tmp: Path, params: dict, files=("dvc.yaml",)):
+def git_project(tmp: Path, params: dict, files=("dvc.yaml", "embedded/dvc.yaml")):
     """A committed git + DVC project in tmp/proj with the code, `files` and `params`: (proj, env)."""
     proj = tmp / "proj"
     proj.mkdir()
     for name in ("drm", "stages", "descriptions"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in files:
+        (proj / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, proj / name)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _env(tmp)

@@ -33,6 +33,8 @@ def test_push_then_pull_in_another_clone_leaves_nothing_to_run(tmp_path):
     for name in ("drm", "stages"):
         shutil.copytree(ROOT / name, first / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", first / "dvc.yaml")
+    (first / "embedded").mkdir()
+    shutil.copy(ROOT / "embedded" / "dvc.yaml", first / "embedded" / "dvc.yaml")
     (first / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
     keep_stages(first, ["world"])  # one stage keeps it quick; any output travels the same way
     remote = tmp_path / "remote"

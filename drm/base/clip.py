@@ -95,7 +95,7 @@ def load_pretrained(name: str, pretrained: str | None = None, *, device: str = "
             raise
         from drm.base.atomic import shown
 
-        fix = "replace the weights with a good copy" if own else "rerun the stage that makes it: `dvc repro pretrain`"
+        fix = "replace the weights with a good copy" if own else "rerun the stage that makes it: `dvc repro embedded/dvc.yaml:pretrain`"
         raise DRMError(f"the weights in model folder {shown(folder)} are unreadable ({e}): the file is truncated or "
                        f"corrupt; {fix}") from None
     tokenizer = open_clip.get_tokenizer(name)
@@ -123,3 +123,93 @@ def encode_split(encode_fn, split, *, batch_size=512, device="cpu", num_workers=
     for x, _ in tqdm(loader, desc=desc or f"encode {split.name}", disable=not progress, leave=False):
         feats.append(torch.nn.functional.normalize(encode_fn(x.to(device)).float(), dim=-1).cpu())
     return torch.cat(feats)
+
+
+FETCHED_FILE = "drm_model.json"  # what fetch_model saved in a folder: {"name", "pretrained", ...}
+
+
+def _folder(weights: str, base_dir) -> Path:
+    folder = Path(weights)
+    return folder if folder.is_absolute() else Path(base_dir) / folder
+
+
+def fetch_hint(cfg) -> str:
+    return (f"fetch it once with `python -m pipeline.presets fetch-model` (downloads {cfg.name} with "
+            f"pretrained={cfg.pretrained} through open_clip and saves it in {cfg.weights})")
+
+
+def load_model(cfg, *, device: str = "cpu", base_dir="."):
+    """(model, train_transform, eval_transform, tokenizer) from params.yaml's `model` section
+    (drm.base.params.ModelConfig): the local model folder `cfg.weights`, which DVC tracks.
+
+    A folder fetched for an open_clip name must hold that name and tag (its drm_model.json),
+    so a params change without a new fetch fails here rather than training the wrong model."""
+    if not cfg.hub:
+        return load_pretrained(cfg.name, None, device=device, base_dir=base_dir)
+    folder = _folder(cfg.weights, base_dir)
+    if not folder.is_dir():
+        raise DRMError(f"model.weights {cfg.weights} does not exist: {fetch_hint(cfg)}")
+    info_path = folder / FETCHED_FILE
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        got = (info.get("name"), info.get("pretrained"))
+        if got != (cfg.name, cfg.pretrained):
+            raise DRMError(f"model folder {cfg.weights} holds {got[0]} (pretrained={got[1]}), but params.yaml's "
+                           f"model is {cfg.name} (pretrained={cfg.pretrained}): point model.weights at another "
+                           f"folder and {fetch_hint(cfg)}")
+    check_model_folder(folder, None)
+    return load_pretrained(LOCAL + str(folder), None, device=device, base_dir=base_dir)
+
+
+def fetch_model(name: str, pretrained: str | None, out, *, cache_dir=None) -> Path:
+    """Download an open_clip model (`name` with weights `pretrained`: a tag such as openai, or a
+    file) through open_clip and save it as a local model folder `out` (config, safetensors
+    weights and drm_model.json recording name and tag), written atomically.
+
+    The saved config carries the activation the weights were trained with: OpenAI's CLIP
+    weights need QuickGELU, which open_clip's plain ViT-B-16 / ViT-L-14 configs lack (open_clip
+    then only warns), so the folder builds the model the weights belong to."""
+    import copy
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from drm.base.atomic import atomic_dir
+    from drm.base.params import open_clip_name
+
+    better = open_clip_name(name)
+    if better:
+        raise DRMError(f"model name {name!r} is OpenAI's spelling; open_clip calls it {better!r}")
+    if name.startswith(LOCAL):
+        raise DRMError(f"{name!r} is a local folder already: nothing to fetch")
+    if not name.startswith("hf-hub:") and name not in open_clip.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        raise DRMError(f"open_clip has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                       "; `python -c 'import open_clip; print(open_clip.list_models())'` lists them"))
+    tag_cfg = {}
+    if pretrained and not name.startswith("hf-hub:"):
+        tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
+        if not tag_cfg and not Path(pretrained).is_file():
+            raise DRMError(f"open_clip has no pretrained tag {pretrained!r} for {name}; its tags: "
+                           f"{open_clip.list_pretrained_tags_by_model(name)}")
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, force_quick_gelu=quick_gelu, require_pretrained=True, cache_dir=cache_dir)
+    except RuntimeError as e:
+        raise DRMError(f"could not fetch {name} (pretrained={pretrained!r}) through open_clip: {e}") from e
+    model_cfg = copy.deepcopy(open_clip.get_model_config(name))
+    if quick_gelu:
+        model_cfg["quick_gelu"] = True
+    preprocess = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2))
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        (tmp / FETCHED_FILE).write_text(json.dumps(
+            {"name": name, "pretrained": pretrained, "quick_gelu": quick_gelu,
+             "open_clip_version": open_clip.__version__}, indent=2) + "\n")
+    return out

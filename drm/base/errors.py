@@ -9,6 +9,15 @@ class ConfigError(DRMError):
     """params.yaml (or a config object) is invalid."""
 
 
+# The stages of the embedded pipeline file (embedded/dvc.yaml): DVC addresses them as FILE:STAGE.
+EMBEDDED_STAGES = ("world", "pretrain")
+
+
+def repro_target(stage: str) -> str:
+    """What `dvc repro` takes to run `stage`."""
+    return f"embedded/dvc.yaml:{stage}" if stage in EMBEDDED_STAGES else stage
+
+
 class MissingArtifactError(DRMError):
     """An upstream artifact is missing; the message names the stage that makes it."""
 
@@ -17,7 +26,7 @@ class MissingArtifactError(DRMError):
         self.stage = stage
         super().__init__(
             f"missing artifact {self.path}: run the '{stage}' stage first "
-            f"(`dvc repro {stage}`, or `dvc repro` for the whole pipeline)"
+            f"(`dvc repro {repro_target(stage)}`, or `dvc repro` for the whole pipeline)"
         )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drm.base.errors import ConfigError
 
@@ -29,11 +29,72 @@ class Strict(BaseModel):
 Device = Annotated[str, Field(pattern=r"^(cpu|cuda(:[0-9]+)?|mps)$")]
 
 
-class ModelConfig(Strict):
-    """The pre-trained model every downstream stage starts from: any open_clip name."""
+# OpenAI's spellings of CLIP models -> open_clip's names (open_clip has no "/" or "@").
+OPENAI_NAMES = {"RN50": "RN50", "RN101": "RN101", "RN50x4": "RN50x4", "RN50x16": "RN50x16",
+                "RN50x64": "RN50x64", "ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14",
+                "ViT-L/14@336px": "ViT-L-14-336", "ViT-L/14@336": "ViT-L-14-336"}
+LOCAL_DIR = "local-dir:"
 
-    name: str = "local-dir:models/pretrained"  # e.g. ViT-B-16
-    pretrained: str | None = None  # e.g. openai (ignored for local-dir:)
+
+def open_clip_name(name: str) -> str | None:
+    """open_clip's name for a model written in OpenAI's spelling (ViT-B/16 -> ViT-B-16), or None."""
+    if name in OPENAI_NAMES and OPENAI_NAMES[name] != name:
+        return OPENAI_NAMES[name]
+    if "/" in name and not name.startswith(("hf-hub:", LOCAL_DIR)):
+        guess = name.replace("/", "-").replace("@336px", "-336").replace("@", "-").replace("px", "")
+        return guess
+    return None
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normpath(a) == os.path.normpath(b)
+
+
+class ModelConfig(Strict):
+    """The pre-trained model every downstream stage starts from, and the folder that holds it.
+
+    `weights` is the local open_clip model folder the stages load and DVC tracks as their
+    model dependency (dvc.yaml: ${model.weights}): models/pretrained, which the embedded
+    pipeline's `pretrain` stage writes, or a folder you fetch once (a real model:
+    `python -m pipeline.presets fetch-model`, which downloads `name` with `pretrained` through
+    open_clip and saves it there). `name` says what the folder holds: `local-dir:<weights>`
+    (your own or the embedded folder), or an open_clip name (ViT-B-16, ViT-L-14, ViT-L-14-336,
+    hf-hub:org/repo) with `pretrained` its open_clip tag (openai, laion2b_s34b_b88k, ...)."""
+
+    name: str = "local-dir:models/pretrained"  # e.g. ViT-B-16 (open_clip's spelling, not ViT-B/16)
+    pretrained: str | None = None  # e.g. openai (none for local-dir:)
+    weights: str = "models/pretrained"  # the local model folder (a DVC dependency of the stages)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        better = open_clip_name(self.name)
+        if better:
+            raise ValueError(f"model.name {self.name!r} is OpenAI's spelling; open_clip (which loads the model) "
+                             f"calls it {better!r}: write name: {better} (with pretrained: openai for OpenAI's "
+                             f"weights)")
+        if not self.weights.strip():
+            raise ValueError("model.weights must be the path of the local model folder")
+        if self.name.startswith(LOCAL_DIR):
+            folder = self.name[len(LOCAL_DIR):]
+            if not folder:
+                raise ValueError("model.name 'local-dir:' needs a folder: local-dir:PATH")
+            if not _same_path(folder, self.weights):
+                raise ValueError(f"model.name {self.name!r} loads folder {folder!r} but model.weights is "
+                                 f"{self.weights!r}: set weights: {folder} (DVC tracks that folder as the model)")
+            if self.pretrained:
+                raise ValueError(f"model.pretrained {self.pretrained!r} has no effect with a local-dir: model "
+                                 "(the folder holds the weights): set it to null")
+        elif not self.pretrained and not self.name.startswith("hf-hub:"):
+            raise ValueError(f"model.pretrained is not set for open_clip model {self.name!r}: name its weights' "
+                             "tag (e.g. openai; `python -c \"import open_clip; print(open_clip."
+                             f"list_pretrained_tags_by_model('{self.name}'))\"` lists them): without one the "
+                             "model would be randomly initialised")
+        return self
+
+    @property
+    def hub(self) -> bool:
+        """Whether the folder holds a fetched open_clip model (not a local-dir: one)."""
+        return not self.name.startswith(LOCAL_DIR)
 
 
 class DataConfig(Strict):

@@ -67,7 +67,7 @@ def _checked_load(load):
 
             raise DRMError(f"split {split!r} of data.root {shown(self.root)} cannot be read ({e}): a file of it is "
                            "truncated or corrupt; for the embedded world rerun the stage that makes it: "
-                           "`dvc repro world`, else replace the file with a good copy") from None
+                           "`dvc repro embedded/dvc.yaml:world`, else replace the file with a good copy") from None
         return check_split_contents(self, loaded)
 
     checked._checked = True

@@ -301,3 +301,33 @@ class FMoWSource(WildsSource):
 
     def before_eval(self) -> None:
         ensure_torch_scatter()
+
+
+def iwildcam_common_names(labels_csv) -> list[str]:
+    """iWildCam's English common names in label order, from the label list FLYP and WiSE-FT
+    prompt with (WiSE-FT's src/datasets/iwildcam_metadata/labels.csv: columns y, name, english;
+    rows with y 99999 are not classes), lower-cased as the DRM authors' code does. A name that
+    repeats (e.g. two "lowland paca" labels) gets its Latin name in parentheses, since every
+    class needs a distinct name here (descriptions are matched by name)."""
+    path = Path(labels_csv)
+    if not path.exists():
+        raise DRMError(f"{path} not found: download WiSE-FT's iWildCam label list, e.g. curl -fL -o {path} "
+                       "https://raw.githubusercontent.com/mlfoundations/wise-ft/HEAD/src/datasets/iwildcam_metadata/labels.csv")
+    df = pd.read_csv(path)
+    if not {"y", "english"} <= set(df.columns):
+        raise DRMError(f"{path} has columns {list(df.columns)}; expected WiSE-FT's labels.csv (y, name, english)")
+    df = df[df["y"] < 99999].sort_values("y")
+    if df["y"].tolist() != list(range(len(df))):
+        raise DRMError(f"{path}: labels are not 0..{len(df) - 1} in order (rows with y < 99999)")
+    names = [str(s).strip().lower() for s in df["english"]]
+    latin = [str(s).strip() for s in df.get("name", df["english"])]
+    out, seen = [], set()
+    for name, lat in zip(names, latin):
+        if name in seen:
+            name = f"{name} ({lat})"
+        k = 2
+        while name in seen:
+            name, k = f"{name} {k}", k + 1
+        seen.add(name)
+        out.append(name)
+    return out

@@ -14,18 +14,35 @@ from drm.describe import DescribeContext, DescribeResult
 from drm.base.errors import DescriptionsError
 
 
+def _positions(pairs: list[tuple], classnames: list[str]) -> list[tuple]:
+    """A key that repeats names the classes at its positions, when the file has one entry per
+    class (the authors' code matches classes by key order): "missile" twice in an ImageNet
+    file is classes 657 and 744 (here "missile" and "projectile"; "sunglasses" likewise). Values that are
+    themselves objects come back as lists of pairs and are rejected below."""
+    keys = [k for k, _ in pairs]
+    repeated = {k for k in keys if keys.count(k) > 1}
+    if not repeated or len(pairs) != len(classnames):
+        return pairs
+    return [(str(i) if key in repeated else key, value) for i, (key, value) in enumerate(pairs)]
+
+
 def read_class_mapping(path, classnames: list[str], require_all: bool = True) -> dict[str, list[str]]:
     path = Path(path)
     if not path.exists():
         raise DescriptionsError(f"descriptions file {path} does not exist")
     try:
-        raw = json.loads(path.read_text())
+        # pairs, not a dict: a key may repeat (the authors' ImageNet file has open_clip's two
+        # "missile" classes), and a dict would keep only its last value
+        raw = json.loads(path.read_text(), object_pairs_hook=lambda pairs: pairs)
     except json.JSONDecodeError as e:
         raise DescriptionsError(f"{path} is not valid JSON: {e}") from e
-    if isinstance(raw, dict) and "descriptions" in raw and "schema_version" in raw:
-        raw = raw["descriptions"]  # our own schema
-    if not isinstance(raw, dict):
+    if isinstance(raw, list) and all(isinstance(p, tuple) for p in raw):
+        top = dict(raw)
+        if "descriptions" in top and "schema_version" in top:
+            raw = top["descriptions"]  # our own schema
+    if not (isinstance(raw, list) and all(isinstance(p, tuple) for p in raw)):
         raise DescriptionsError(f"{path}: expected a JSON object class -> description(s)")
+    raw = _positions(raw, classnames)
     index = {c: i for i, c in enumerate(classnames)}
     if len(index) != len(classnames):
         dup = sorted({c for c in classnames if classnames.count(c) > 1})
@@ -34,7 +51,7 @@ def read_class_mapping(path, classnames: list[str], require_all: bool = True) ->
     lowered = {norm(c): c for c in classnames}
     out: dict[str, list[str]] = {}
     unknown = []
-    for key, value in raw.items():
+    for key, value in raw:
         name = None
         if key in index:
             name = key

@@ -39,7 +39,6 @@ def tracked_params(params: Params, method: str, seed: int) -> dict:
 def checkpoint_folder(params: Params, *, base: Path, method: str, seed: int, folder: Path, zeroshot: Path,
                       descriptions: Path, script: Path):
     """The run's Checkpoints (drm.finetune.checkpoint) in folder/<method>-s<seed>."""
-    from drm.base.clip import LOCAL
     from drm.finetune.checkpoint import Checkpoints, Identity, file_digest, folder_digest
 
     inputs = {"zeroshot heads": file_digest(zeroshot / "heads.safetensors"),
@@ -47,9 +46,8 @@ def checkpoint_folder(params: Params, *, base: Path, method: str, seed: int, fol
               "zeroshot soft targets": file_digest(zeroshot / "core_soft.npy"),
               "zeroshot df targets": file_digest(zeroshot / "df_soft.npy"),
               "descriptions": file_digest(descriptions)}
-    if params.model.name.startswith(LOCAL):
-        local = Path(params.model.name[len(LOCAL):])
-        inputs["pre-trained model folder"] = folder_digest(local if local.is_absolute() else base / local)
+    local = Path(params.model.weights)  # the model folder (model.weights), whatever model.name is
+    inputs["pre-trained model folder"] = folder_digest(local if local.is_absolute() else base / local)
     identity = Identity(method=method, loss=params.methods[method].loss, seed=seed,
                         params=tracked_params(params, method, seed), script=script, inputs=inputs)
     return Checkpoints(folder / f"{method}-s{seed}", identity, every_steps=params.runtime.checkpoint_steps,
@@ -60,7 +58,7 @@ def run(params: Params, *, base: Path, method: str, seed: int, zeroshot: Path, d
         progress: bool, checkpoints: Path | None = None, script: Path | None = None) -> dict:
     """checkpoints: the folder of checkpoint folders (None: no checkpoints, no resume);
     script: the stage script (its import closure is the code a checkpoint must match)."""
-    from drm.base.clip import load_pretrained
+    from drm.base.clip import load_model
     from drm.base.errors import ConfigError
     from drm.datasets.registry import open_source
     from drm.describe import load_descriptions
@@ -73,8 +71,7 @@ def run(params: Params, *, base: Path, method: str, seed: int, zeroshot: Path, d
         raise ConfigError(f"unknown method {method!r}; defined under `methods`: {sorted(params.methods)}")
     source = open_source(params.data, base)
     heads = load_heads(zeroshot)
-    pretrained, train_tf, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained,
-                                                               device="cpu", base_dir=base)
+    pretrained, train_tf, eval_tf, tokenizer = load_model(params.model, device="cpu", base_dir=base)
     texts = ClassTexts.build(classnames=source.classnames, templates=params.zeroshot.templates,
                              descriptions=load_descriptions(descriptions, source.classnames))
     setup = Setup(pretrained=pretrained, heads=heads, texts=texts, tokenizer=tokenizer, source=source,

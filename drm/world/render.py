@@ -328,6 +328,9 @@ def generate(cfg, out_dir, progress: bool = True) -> dict:
         "group_columns": ["style", "bg", "bg_match", "clarity"],
         # Compare these across machines: the Parquet bytes also record pyarrow's version.
         "content_sha256": digests,
+        # The params it was rendered with: the diagnostics stage renders probes of this world
+        # from them (so it tracks the world's data, not the `world` params section).
+        "config": cfg.model_dump(mode="json"),
     }
     (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -35,6 +35,7 @@ class ParquetImageDataset(Dataset):
 @dataclass
 class WorldSource(DataSource):
     image_size: int = 32
+    config: dict | None = None  # the world params it was rendered with (world.json "config")
 
     @classmethod
     def open(cls, root):
@@ -42,7 +43,7 @@ class WorldSource(DataSource):
         meta = json.loads(require(root / "world.json", "world").read_text())
         return cls(root=root, classnames=meta["classnames"], splits=dict(meta["splits"]),
                    group_columns=meta["group_columns"], core_traits=meta["core_traits"],
-                   image_size=meta["image_size"])
+                   image_size=meta["image_size"], config=meta.get("config"))
 
     def table(self, split: str):
         path = require(self.root / f"{split}.parquet", "world")

@@ -20,7 +20,7 @@ class Params(StageParams):
 
 
 def run(params: Params, *, base: Path, descriptions: Path, out: Path, progress: bool) -> dict:
-    from drm.base.clip import load_pretrained
+    from drm.base.clip import load_model
     from drm.datasets.registry import open_source
     from drm.describe import load_descriptions
     from drm.evaluate.config import check_against_source
@@ -33,7 +33,7 @@ def run(params: Params, *, base: Path, descriptions: Path, out: Path, progress: 
                              descriptions=load_descriptions(descriptions, source.classnames))
     from drm.base.torch_utils import resolve_device
 
-    model, _, eval_tf, tokenizer = load_pretrained(params.model.name, params.model.pretrained,
-                                                   device=str(resolve_device(params.runtime.device)), base_dir=base)
+    model, _, eval_tf, tokenizer = load_model(params.model, device=str(resolve_device(params.runtime.device)),
+                                              base_dir=base)
     return run_zeroshot(model, tokenizer, eval_tf, source=source, texts=texts, cfg=params.zeroshot, out_dir=out,
                         runtime=params.runtime, progress=progress)
