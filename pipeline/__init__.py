@@ -1,0 +1,1 @@
+"""Orchestration over the DVC pipeline: the Prefect flow, DVC experiments, presets."""

@@ -299,5 +299,7 @@ def test_devices_are_lent_one_run_at_a_time(harness, monkeypatch):
     for spans in by_device.values():  # one run per device at a time
         spans.sort()
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
-    starts = sorted(r["started"] for r in results.values())
-    assert starts[1] - starts[0] < 0.4  # the two devices were used at once
+    # the two devices were used at once: some run on one overlapped some run on the other
+    # (not a timing threshold, which a loaded machine can miss)
+    a, b = by_device.values()
+    assert any(s1 < e2 and s2 < e1 for s1, e1 in a for s2, e2 in b), by_device

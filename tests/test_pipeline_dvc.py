@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -79,7 +80,9 @@ def test_repro_builds_every_artifact(project):
     assert set(logits.column("split").to_pylist()) == {"train", "id_val", "id_test", "ood_val", "ood_test"}
     assert logits.num_rows == 128 + 32 + 32 + 32 + 48
     core = pq.read_table(proj / "data/zeroshot/core.parquet")
-    assert core.num_rows == 128 and {"weighted", "soft", "ratio"} <= set(core.column_names)
+    assert core.num_rows == 128 and {"weighted", "ratio"} <= set(core.column_names)
+    for targets in ("core_soft.npy", "df_soft.npy"):  # the C-wide core estimates, [N, C] float32
+        assert np.load(proj / "data/zeroshot" / targets, mmap_mode="r").shape == (128, 8)
     preds = pq.read_table(proj / "runs/drm-s0/predictions.parquet")
     assert sorted(set(preds.column("alpha").to_pylist())) == [1.0]  # alpha 0 is the zero-shot model
     frame = pd.read_csv(proj / "metrics/all.csv")

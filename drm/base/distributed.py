@@ -56,6 +56,10 @@ def init(device: torch.device) -> tuple[World, torch.device]:
     world = World(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
                   local_rank=int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"rank {world.rank} has local rank {world.local_rank} but this node has "
+                              f"{torch.cuda.device_count()} CUDA device(s): set runtime.nproc_per_node (or torchrun's "
+                              "--nproc-per-node) to at most the number of GPUs")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

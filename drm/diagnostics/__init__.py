@@ -1,0 +1,1 @@
+"""Stage `diagnostics`: measures the embedded world's premises (skipped for real data)."""
