@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -100,16 +99,24 @@ def class_texts(n_classes: int, per_class: int):
                                 for c in range(n_classes)])
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def rss_now_mb() -> float:
-    """Resident memory now (Linux /proc): the baseline of torch and open_clip once imported."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory now, and from here on the peak counts only what follows: Linux resets
+    the process's high-water mark (VmHWM) on `5` written to /proc/self/clear_refs, so the
+    transient peak of importing torch (its CUDA libraries) does not mask the measured work."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
+def peak_since_mb() -> float:
+    """The peak resident memory since rss_now_mb() (VmHWM)."""
+    return _status_mb("VmHWM")
 
 
 # ---- (a) DRM step / ERM step ----------------------------------------------------------------
@@ -217,7 +224,7 @@ def rss_zeroshot(n: int, out: str) -> float:
     _logits_and_core(model, None, source=SyntheticSource(n, 1000), heads=heads, cfg=ZeroshotConfig(batch_size=256),
                      out=Path(out), device=torch.device("cpu"), runtime=RuntimeConfig(), progress=False, truncated=0,
                      world=World())
-    return f"{peak_rss_mb()} {base}"
+    return f"{peak_since_mb()} {base}"
 
 
 def rss_finetune_data(n: int, zs: str) -> float:
@@ -237,7 +244,7 @@ def rss_finetune_data(n: int, zs: str) -> float:
         rows = core.rows(idx)
         seen += len(rows["soft"])
     assert seen == (n // 256) * 256
-    return f"{peak_rss_mb()} {base}"
+    return f"{peak_since_mb()} {base}"
 
 
 def _fresh(fn: str, *args) -> tuple[float, float]:
