@@ -273,10 +273,21 @@ def test_devices_are_lent_one_run_at_a_time(harness, monkeypatch):
     from pipeline import flow
 
     seen, lock = [], threading.Lock()
+    state, cond = {"active": 0, "most": 0}, threading.Condition()
 
     def fake_stage(project, stage):
         start = time.monotonic()
-        time.sleep(0.5)
+        with cond:
+            state["active"] += 1
+            state["most"] = max(state["most"], state["active"])
+            cond.notify_all()
+            # Wait (bounded) for a second run to be running at the same time: a flow that ran
+            # one at a time makes this time out and `most` stay 1. No timing threshold, which a
+            # loaded machine (slow task submission) can miss.
+            cond.wait_for(lambda: state["most"] >= 2, timeout=60)
+        time.sleep(0.2)
+        with cond:
+            state["active"] -= 1
         with lock:
             seen.append((stage.name, start, time.monotonic()))
         return {}
@@ -299,7 +310,4 @@ def test_devices_are_lent_one_run_at_a_time(harness, monkeypatch):
     for spans in by_device.values():  # one run per device at a time
         spans.sort()
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
-    # the two devices were used at once: some run on one overlapped some run on the other
-    # (not a timing threshold, which a loaded machine can miss)
-    a, b = by_device.values()
-    assert any(s1 < e2 and s2 < e1 for s1, e1 in a for s2, e2 in b), by_device
+    assert state["most"] == 2  # the two devices were used at once, and never more runs than devices
