@@ -67,6 +67,34 @@ def make_project(path, params: dict, code: bool = False):
     return path
 
 
+@pytest.fixture(scope="session")
+def reproduced_git_project(tmp_path_factory):
+    """The tiny default project, `dvc repro`-ed once per session in a git repo and committed
+    (tests/test_pipeline_dvc.py, tests/test_experiments.py): (folder, the repro's output).
+    Modules change it, so each takes its own copy (copy_git_project)."""
+    from tests.test_pipeline_dvc import _run, git_project
+
+    proj, env = git_project(tmp_path_factory.mktemp("reproduced"), tiny_params_dict(),
+                            files=("dvc.yaml", "embedded/dvc.yaml", ".gitignore"))
+    out = _run(["dvc", "repro"], proj, env)
+    _run(["git", "add", "-A"], proj, env)
+    _run(["git", "commit", "-qm", "tiny project, reproduced"], proj, env)
+    return proj, out
+
+
+def copy_git_project(reproduced, tmp) -> tuple:
+    """A copy of the reproduced project (git history, DVC cache and outputs) in tmp/proj:
+    (folder, env); DVC rehashes the copied files once (their inodes are new)."""
+    import shutil
+
+    from tests.test_pipeline_dvc import _env
+
+    proj = tmp / "proj"
+    shutil.copytree(reproduced, proj, symlinks=True)
+    shutil.rmtree(proj / ".dvc" / "tmp", ignore_errors=True)  # the original's state and locks
+    return proj, _env(tmp)
+
+
 def run_stages(project, names):
     """Run the named dvc.yaml stages in-process, in order, as the Prefect flow does."""
     from pipeline.flow import load_stages, run_stage_script

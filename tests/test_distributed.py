@@ -1,7 +1,9 @@
-"""One run on many processes equals one process: 2 gloo workers (the stages' own elastic
-launch, runtime.nproc_per_node: 2), each with half of every global batch, end with the same
-weights as 1 process with the whole batch, for erm, drm and drm_flyp; sharded zeroshot
-writes the same files (byte for byte) as one process.
+"""One run on many processes equals one process: 2 gloo workers, each with half of every
+global batch, end with the same weights as 1 process with the whole batch, for erm, drm and
+drm_flyp; sharded zeroshot writes the same files (byte for byte) as one process. erm and
+drm_flyp run under the stage's own elastic launch (runtime.nproc_per_node: 2); drm as two
+"nodes" of one process each, two `torchrun --nnodes 2` commands meeting at a c10d
+rendezvous, as the README's multi-node command starts them.
 
 The pre-trained model here is a tiny ViT: the embedded default's ResNet tower has BatchNorm,
 whose batch statistics are per rank on CPU (SyncBatchNorm needs CUDA), so it is not
@@ -76,13 +78,38 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _run_two_nodes(proj: Path, *args: str) -> None:
+    """`torchrun --nnodes 2 --nproc-per-node 1` started twice, as on two nodes sharing the
+    project folder: the c10d rendezvous gives them ranks 0 and 1."""
+    env = {**os.environ, "PYTHONPATH": str(proj), "DRM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "two-nodes",
+           "--max-restarts", "0", *args]
+    nodes = [subprocess.Popen(cmd, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n----\n".join(o[-4000:] for o in outs)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_two_gloo_processes_train_the_weights_one_process_trains(vit_project, method):
     proj = vit_project
     common = ["--method", method, "--seed", "0", "--zeroshot", "data/zeroshot", "--descriptions",
               "data/descriptions.json"]
     _run(proj, "stages/finetune.py", *common, "--out", f"runs/one-{method}")
-    _run(proj, "stages/finetune.py", "--params", "params2.yaml", *common, "--out", f"runs/two-{method}")
+    if method == "drm":  # the multi-node launch (README: "Many GPUs"), here two nodes on one machine
+        _run_two_nodes(proj, "stages/finetune.py", *common, "--out", f"runs/two-{method}")
+    else:
+        _run(proj, "stages/finetune.py", "--params", "params2.yaml", *common, "--out", f"runs/two-{method}")
     one, two = _weights(proj / f"runs/one-{method}/model.safetensors"), _weights(proj / f"runs/two-{method}/model.safetensors")
     start = _weights(proj / "models/pretrained/open_clip_model.safetensors")
     assert one.keys() == two.keys()

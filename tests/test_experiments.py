@@ -7,23 +7,16 @@ import time
 
 import pytest
 
-from tests.test_pipeline_dvc import _run, git_project
+from tests.test_pipeline_dvc import _run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    from tests.conftest import tiny_params_dict
+def project(reproduced_git_project, tmp_path_factory):
+    from tests.conftest import copy_git_project
 
-    params = tiny_params_dict()
-    params["finetune"]["methods"] = ["erm", "drm"]
-    params["wise"]["alphas"] = [0.5, 1.0]
-    proj, env = git_project(tmp_path_factory.mktemp("exps"), params, files=("dvc.yaml", "embedded/dvc.yaml", ".gitignore"))
-    _run(["dvc", "repro"], proj, env)
-    _run(["git", "add", "-A"], proj, env)
-    _run(["git", "commit", "-qm", "tiny project, reproduced"], proj, env)
-    return proj, env
+    return copy_git_project(reproduced_git_project[0], tmp_path_factory.mktemp("exps"))
 
 
 def _wait_for_queue(proj, env, timeout=420):

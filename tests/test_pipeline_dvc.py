@@ -61,12 +61,11 @@ def git_project(tmp: Path, params: dict, files=("dvc.yaml", "embedded/dvc.yaml")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    from tests.conftest import tiny_params_dict
+def project(reproduced_git_project, tmp_path_factory):
+    from tests.conftest import copy_git_project
 
-    proj, env = git_project(tmp_path_factory.mktemp("dvcproj"), tiny_params_dict())
-    out = _run(["dvc", "repro"], proj, env)
-    return proj, env, out
+    proj, env = copy_git_project(reproduced_git_project[0], tmp_path_factory.mktemp("dvcproj"))
+    return proj, env, reproduced_git_project[1]
 
 
 def test_repro_builds_every_artifact(project):

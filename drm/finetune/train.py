@@ -15,6 +15,7 @@ and writes: N ranks train on exactly the batches one process trains on.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -274,7 +275,7 @@ def train(model: nn.Module, *, method: Method, train_split, core, cfg, lr: float
                                    part=slice(world.rank * len(y), (world.rank + 1) * len(y)))
                 # DDP averages gradients over ranks once per optimizer step: not on earlier micro-batches.
                 sync = m == accum - 1 or not world.distributed
-                with step_module.no_sync() if not sync else _nothing():
+                with step_module.no_sync() if not sync else contextlib.nullcontext():
                     with autocast(device, cfg.precision):
                         loss = step_module(batch_data)
                         if accum > 1:  # the step's gradient: the mean over its micro-batches
@@ -317,12 +318,6 @@ def train(model: nn.Module, *, method: Method, train_split, core, cfg, lr: float
         model.set_grad_checkpointing(False)
     model.eval().cpu()
     return history
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def linear_probe_head(model, split, *, n_classes: int, c: float = 1.0, batch_size=512, num_workers=0,

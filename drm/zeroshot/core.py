@@ -42,13 +42,3 @@ def ratio_weights(cd_logits, df_logits, y, clip: float) -> torch.Tensor:
     p_df = df_logits.float().softmax(-1).gather(1, y[:, None])[:, 0]
     return (p_c / p_df.clamp_min(1e-12)).clamp(0.0, clip)
 
-
-def core_estimates(features, cd_head, df_logits, cd_logits, y, ratio_clip: float) -> dict:
-    """Every estimator's output for the training set (plus the df distribution for the
-    distillation control), as tensors keyed by column name of core.parquet."""
-    return {
-        "weighted": affinity_weights(features, cd_head, y),
-        "ratio": ratio_weights(cd_logits, df_logits, y, ratio_clip),
-        "soft": soft_targets(cd_logits),
-        "df_soft": df_logits.float().softmax(-1),
-    }

@@ -116,7 +116,10 @@ def _logits_and_core(model, transform, *, source, heads, cfg, out: Path | None, 
             if is_train and out is not None:
                 soft_file = RowsFile(out / CORE_SOFT, n=n, width=n_classes)
                 df_soft_file = RowsFile(out / DF_SOFT, n=n, width=n_classes)
-                parts = {"affinity": [], "ratio": [], "soft_true": []}
+                # N floats each, filled batch by batch: one allocation per column, not one
+                # small tensor per batch (those, interleaved with the large per-batch buffers,
+                # fragmented the heap so that memory grew ~2 KB per image; docs/scale.md).
+                parts = {k: np.empty(n, dtype=np.float32) for k in ("affinity", "ratio", "soft_true")}
             pos = 0
             for features in map_batches(encode, split.dataset, batch_size=cfg.batch_size, width=width, world=world,
                                         device=device, num_workers=runtime.num_workers, progress=progress,
@@ -134,9 +137,10 @@ def _logits_and_core(model, transform, *, source, heads, cfg, out: Path | None, 
                     soft = soft_targets(cd_logits)
                     soft_file.append(soft.numpy())
                     df_soft_file.append(df_logits.float().softmax(-1).numpy())
-                    parts["affinity"].append(affinity(features, heads.cd_head, y))
-                    parts["ratio"].append(ratio_weights(cd_logits, df_logits, y, cfg.ratio_clip))
-                    parts["soft_true"].append(soft.gather(1, y[:, None]))
+                    rows = slice(pos - len(features), pos)
+                    parts["affinity"][rows] = affinity(features, heads.cd_head, y).numpy()
+                    parts["ratio"][rows] = ratio_weights(cd_logits, df_logits, y, cfg.ratio_clip).numpy()
+                    parts["soft_true"][rows] = soft.gather(1, y[:, None])[:, 0].numpy()
             if is_train and out is not None:
                 soft_file.close()
                 df_soft_file.close()
@@ -152,8 +156,8 @@ def _logits_and_core(model, transform, *, source, heads, cfg, out: Path | None, 
 def _write_core(path: Path, *, split, parts: dict, n_classes: int, truncated: int, normalise) -> dict:
     """core.parquet (id, y, weighted, ratio) and the stage's summary."""
     y = torch.tensor(split.meta["y"].to_numpy(), dtype=torch.long)
-    weighted = normalise(torch.cat(parts["affinity"]), y, n_classes)
-    ratio = torch.cat(parts["ratio"])
+    weighted = normalise(torch.from_numpy(parts["affinity"]), y, n_classes)
+    ratio = torch.from_numpy(parts["ratio"])
     pq.write_table(pa.table({
         "id": pa.array(split.meta["id"].astype(str).tolist()),
         "y": pa.array(y.numpy().astype(np.int32)),
@@ -164,6 +168,6 @@ def _write_core(path: Path, *, split, parts: dict, n_classes: int, truncated: in
         "n_train": len(y),
         "weighted_mean": float(weighted.mean()),
         "ratio_mean": float(ratio.mean()),
-        "soft_true_label_mean": float(torch.cat(parts["soft_true"]).mean()),
+        "soft_true_label_mean": float(torch.from_numpy(parts["soft_true"]).mean()),
         "truncated_prompts": truncated,
     }
