@@ -34,9 +34,13 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def _stage_env(proj: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(proj), "DRM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+
+
 def _run(proj: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(proj), "DRM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, *args], cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, *args], cwd=proj, env=_stage_env(proj), capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return r
 
@@ -78,24 +82,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _run_two_nodes(proj: Path, *args: str) -> None:
     """`torchrun --nnodes 2 --nproc-per-node 1` started twice, as on two nodes sharing the
     project folder: the c10d rendezvous gives them ranks 0 and 1."""
-    env = {**os.environ, "PYTHONPATH": str(proj), "DRM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    port = _free_port()
+    from tests.flow_helpers import free_port
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "two-nodes",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes",
            "--max-restarts", "0", *args]
-    nodes = [subprocess.Popen(cmd, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    nodes = [subprocess.Popen(cmd, cwd=proj, env=_stage_env(proj), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
     outs = [node.communicate(timeout=600)[0] for node in nodes]
     assert [n.returncode for n in nodes] == [0, 0], "\n----\n".join(o[-4000:] for o in outs)
 
@@ -204,8 +200,7 @@ def test_killed_two_process_run_resumes_where_it_stopped(vit_project, tmp_path):
               "data/descriptions.json"]
     if not (proj / "runs/two-drm_flyp/model.safetensors").exists():
         _run(proj, "stages/finetune.py", "--params", "params2.yaml", *common, "--out", "runs/two-drm_flyp")
-    env = {**os.environ, "PYTHONPATH": str(proj), "DRM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    hung, marker = hang_env(tmp_path, "last.pt:2", env)
+    hung, marker = hang_env(tmp_path, "last.pt:2", _stage_env(proj))
     args = [sys.executable, "stages/finetune.py", "--params", "params_ck.yaml", *common, "--out", "runs/ck",
             "--checkpoints", "checkpoints"]
     with open(tmp_path / "killed.err", "w") as err:
